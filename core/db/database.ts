@@ -1,0 +1,47 @@
+// Postgres through Kysely over a bounded pg pool, as a scoped Effect service.
+import { Context, Effect, Layer, Redacted, Schema } from "effect"
+import { Kysely, PostgresDialect, sql } from "kysely"
+import pg from "pg"
+import type { Tables } from "./tables.ts"
+
+/** Bounded so that N replicas × services stay well under Postgres' max_connections. */
+export const POOL_MAX = 16
+
+export class DbError extends Schema.TaggedError<DbError>()("DbError", { cause: Schema.Defect() }) {}
+
+// pg returns bigint (int8) as string by default; keep it so positions never lose precision.
+export const makeKysely = (url: string, max = POOL_MAX) =>
+  new Kysely<Tables>({
+    dialect: new PostgresDialect({
+      pool: new pg.Pool({ connectionString: url, max, idleTimeoutMillis: 30_000, connectionTimeoutMillis: 5_000 })
+    })
+  })
+
+export interface DatabaseShape {
+  readonly db: Kysely<Tables>
+  /** Run a Kysely promise as an Effect; failures become DbError. */
+  readonly query: <A>(f: (db: Kysely<Tables>) => Promise<A>) => Effect.Effect<A, DbError>
+  readonly ping: Effect.Effect<void, DbError>
+}
+
+export const makeDatabase = (db: Kysely<Tables>): DatabaseShape => {
+  const query = <A>(f: (db: Kysely<Tables>) => Promise<A>) =>
+    Effect.tryPromise({ try: () => f(db), catch: (cause) => new DbError({ cause }) })
+  return { db, query, ping: Effect.asVoid(query((db) => sql`select 1`.execute(db))) }
+}
+
+export class Database extends Context.Service<Database, DatabaseShape>()("caracal/core/Database") {
+  static readonly layerFromUrl = (url: Redacted.Redacted<string> | string, max = POOL_MAX) =>
+    Layer.effect(
+      Database,
+      Effect.gen(function*() {
+        const kysely = yield* Effect.acquireRelease(
+          Effect.sync(() => makeKysely(typeof url === "string" ? url : Redacted.value(url), max)),
+          (db) => Effect.promise(() => db.destroy())
+        )
+        const database = makeDatabase(kysely)
+        yield* database.ping // fail fast at startup rather than on the first request
+        return database
+      })
+    )
+}

@@ -1,0 +1,138 @@
+// The HTTP kernel every service reuses: routes in, a Node HTTP(S) server out, with
+// request ids, body limits, JSON errors, access logs, metrics, /health, /ready, /metrics
+// and graceful shutdown (in-flight requests finish; new connections are refused).
+import { NodeHttpServer } from "@effect/platform-node"
+import { ByteSize, Cause, Effect, Layer, Metric } from "effect"
+import { HttpRouter, HttpServer, HttpServerRequest as Req, HttpServerResponse as Res } from "effect/http"
+import { HttpIncomingMessage } from "effect/http"
+import { PrometheusMetrics } from "effect/observability"
+import { randomUUID } from "node:crypto"
+import nodeHttp from "node:http"
+import https from "node:https"
+import { answerFor, errorResponse, type ErrorMapper } from "./errors.ts"
+
+/** 1 MiB: enough for any control-plane document; larger bodies are refused with 413. */
+export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+export interface ReadyCheck {
+  readonly name: string
+  readonly check: Effect.Effect<void, unknown>
+}
+
+export interface ServeOptions {
+  readonly service: string
+  readonly port: number
+  readonly host: string
+  readonly tls?: { readonly cert: Buffer; readonly key: Buffer } | undefined
+  readonly readyChecks: ReadonlyArray<ReadyCheck>
+  readonly maxBodyBytes?: number
+  readonly mapError?: ErrorMapper
+  readonly shutdownTimeoutMs?: number
+}
+
+const SANE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
+
+export const requestIdOf = (header: string | undefined): string =>
+  header !== undefined && SANE_REQUEST_ID.test(header) ? header : randomUUID()
+
+const requests = Metric.counter("http_requests_total", { description: "HTTP requests by method and status", incremental: true })
+const duration = Metric.histogram("http_request_duration_seconds", {
+  description: "HTTP request latency",
+  boundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+})
+
+/** Wraps the router: the only place where errors, ids, limits, logs and metrics are handled. */
+export const withKernel = <E, R>(
+  app: Effect.Effect<Res.HttpServerResponse, E, R>,
+  opts: Pick<ServeOptions, "service" | "maxBodyBytes" | "mapError">
+): Effect.Effect<Res.HttpServerResponse, never, R | Req.HttpServerRequest> =>
+  Effect.gen(function*() {
+    const req = yield* Req.HttpServerRequest
+    const requestId = requestIdOf(req.headers["x-request-id"])
+    // every log line written while handling the request carries its id
+    return yield* handle(req, app, opts).pipe(
+      Effect.map((res) => Res.setHeader(res, "x-request-id", requestId)),
+      Effect.annotateLogs({ request_id: requestId })
+    )
+  })
+
+const handle = <E, R>(
+  req: Req.HttpServerRequest,
+  app: Effect.Effect<Res.HttpServerResponse, E, R>,
+  opts: Pick<ServeOptions, "service" | "maxBodyBytes" | "mapError">
+): Effect.Effect<Res.HttpServerResponse, never, R> =>
+  Effect.gen(function*() {
+    const started = performance.now()
+    const limit = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES
+    const declared = Number(req.headers["content-length"] ?? "0")
+    const res = yield* (declared > limit
+      // refuse before reading a byte of an announced oversize body
+      ? Effect.succeed(errorResponse(413, "payload_too_large", `request body exceeds ${limit} bytes`))
+      : app.pipe(
+        // a body without a length (chunked) is cut off at the same limit while it is read
+        Effect.provideService(HttpIncomingMessage.MaxBodySize, ByteSize.bytes(limit)),
+        Effect.catchCause((cause) => {
+          const failure = Cause.findErrorOption(cause)
+          const error = failure._tag === "Some" ? failure.value : Cause.squash(cause)
+          const answer = answerFor(error, opts.mapError)
+          const log = answer.internal
+            ? Effect.logError("request failed").pipe(Effect.annotateLogs({ cause: Cause.pretty(cause) }))
+            : Effect.void
+          return Effect.as(log, errorResponse(answer.status, answer.code, answer.description))
+        })
+      ))
+    const seconds = (performance.now() - started) / 1000
+    const status = String(res.status)
+    yield* Metric.update(Metric.withAttributes(requests, { service: opts.service, method: req.method, status }), 1)
+    yield* Metric.update(Metric.withAttributes(duration, { service: opts.service }), seconds)
+    if (req.url !== "/metrics" && req.url !== "/health") {
+      yield* Effect.logInfo("http").pipe(
+        Effect.annotateLogs({ method: req.method, path: req.url.split("?")[0], status: res.status, ms: Math.round(seconds * 1000) })
+      )
+    }
+    return res
+  })
+
+/** /health is liveness only; /ready runs this service's dependency checks. */
+export const operationalRoutes = (service: string, readyChecks: ReadonlyArray<ReadyCheck>) =>
+  Layer.mergeAll(
+    HttpRouter.add("GET", "/health", Effect.succeed(Res.jsonUnsafe({ status: "ok", service }))),
+    HttpRouter.add(
+      "GET",
+      "/ready",
+      Effect.gen(function*() {
+        const results = yield* Effect.forEach(readyChecks, (c) =>
+          c.check.pipe(
+            Effect.timeout("2 seconds"),
+            Effect.as({ name: c.name, ok: true }),
+            Effect.catchCause(() => Effect.succeed({ name: c.name, ok: false }))
+          ), { concurrency: "unbounded" })
+        const ready = results.every((r) => r.ok)
+        const checks = Object.fromEntries(results.map((r) => [r.name, r.ok ? "ok" : "unavailable"]))
+        return Res.jsonUnsafe({ status: ready ? "ready" : "not_ready", service, checks }, { status: ready ? 200 : 503 })
+      })
+    ),
+    HttpRouter.add(
+      "GET",
+      "/metrics",
+      Effect.map(PrometheusMetrics.format(), (text) => Res.text(text, { contentType: "text/plain; version=0.0.4; charset=utf-8" }))
+    )
+  )
+
+/** Serves `routes` (a layer of HttpRouter.add/use) with the kernel on Node's HTTP or HTTPS server. */
+export const serve = <E, R>(routes: Layer.Layer<never, E, R>, opts: ServeOptions) => {
+  const app = Layer.mergeAll(routes, operationalRoutes(opts.service, opts.readyChecks))
+  const server = NodeHttpServer.layer(
+    () => (opts.tls ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }) : nodeHttp.createServer()),
+    { port: opts.port, host: opts.host, gracefulShutdownTimeout: `${opts.shutdownTimeoutMs ?? 10_000} millis` }
+  )
+  const listening = Layer.effectDiscard(
+    HttpServer.addressFormattedWith((address) =>
+      Effect.logInfo("listening").pipe(Effect.annotateLogs({ address, tls: opts.tls !== undefined })))
+  )
+  const handler = Layer.unwrap(Effect.gen(function*() {
+    const router = yield* HttpRouter.toHttpEffect(app)
+    return HttpServer.serve(withKernel(router, opts))
+  }))
+  return Layer.merge(handler, listening).pipe(Layer.provide(server))
+}

@@ -1,0 +1,88 @@
+// What every service's main.ts does: read its configuration, connect to Postgres and
+// Redis, migrate, and serve its routes with the HTTP kernel until SIGTERM/SIGINT.
+import { NodeRuntime } from "@effect/platform-node"
+import { Cause, Effect, Layer, Redacted } from "effect"
+import { type CommonVars, type Loaded, loadService, ServiceConfig } from "./config/load.ts"
+import type { ServiceName } from "./config/services.ts"
+import { Database } from "./db/database.ts"
+import { migrateToLatest } from "./db/migrate.ts"
+import type { ErrorMapper } from "./http/errors.ts"
+import { type ReadyCheck, serve } from "./http/server.ts"
+import { LoggingLive } from "./log.ts"
+import { RedisClient } from "./redis/redis.ts"
+
+export type Infra = ServiceConfig | Database | RedisClient
+
+export interface ServiceDefinition<N extends ServiceName> {
+  readonly name: N
+  /** The service's own routes (HttpRouter.add/use layers); may use the infrastructure. */
+  readonly routes?: Layer.Layer<never, unknown, Infra | import("effect/http").HttpRouter.HttpRouter>
+  /** Background work (relays, consumers, sweepers) that lives as long as the service. */
+  readonly background?: Layer.Layer<never, unknown, Infra>
+  readonly mapError?: ErrorMapper
+  readonly readyChecks?: ReadonlyArray<ReadyCheck>
+}
+
+const varsOf = (config: Loaded<ServiceName>) => config.vars as unknown as CommonVars
+
+const infraLayer = (config: Loaded<ServiceName>) => {
+  const vars = varsOf(config)
+  const db = Database.layerFromUrl(vars.DATABASE_URL)
+  const redis = RedisClient.layerWith({
+    url: Redacted.value(vars.REDIS_URL),
+    password: vars.REDIS_PASSWORD === undefined ? undefined : Redacted.value(vars.REDIS_PASSWORD),
+    strict: config.mode === "production"
+  })
+  const migrate = Layer.effectDiscard(Effect.gen(function*() {
+    if (!vars.MIGRATE_ON_START) return
+    const report = yield* migrateToLatest(yield* Database, Redacted.value(vars.DATABASE_URL))
+    yield* Effect.logInfo("migrations applied").pipe(Effect.annotateLogs({ applied: report.applied }))
+  }))
+  const base = Layer.mergeAll(db, redis, Layer.succeed(ServiceConfig, config))
+  // migrations run before anything that depends on the infrastructure layer starts
+  return Layer.provideMerge(migrate, base)
+}
+
+/** The whole service as one layer, built from already-loaded configuration. */
+export const serviceLayer = <N extends ServiceName>(def: ServiceDefinition<N>, config: Loaded<N>) => {
+  const infra = infraLayer(config)
+  const routes = def.routes ?? Layer.empty
+  const http = Layer.unwrap(Effect.gen(function*() {
+    const database = yield* Database
+    const redis = yield* RedisClient
+    const readyChecks: Array<ReadyCheck> = [
+      { name: "postgres", check: database.ping },
+      { name: "redis", check: redis.ping },
+      ...(def.readyChecks ?? [])
+    ]
+    return serve(routes, {
+      service: def.name,
+      port: varsOf(config).PORT,
+      host: varsOf(config).HOST,
+      tls: config.tls,
+      readyChecks,
+      ...(def.mapError ? { mapError: def.mapError } : {})
+    })
+  }))
+  return Layer.mergeAll(http, def.background ?? Layer.empty).pipe(Layer.provide(infra))
+}
+
+/** Entry point: startup failures name the variable and rule on stderr and exit 1. */
+export const runService = <N extends ServiceName>(def: ServiceDefinition<N>) => {
+  const program = Effect.gen(function*() {
+    const config = yield* loadService(def.name)
+    return yield* Layer.launch(serviceLayer(def, config)).pipe(Effect.provide(LoggingLive(def.name, varsOf(config).LOG_LEVEL)))
+  }).pipe(
+    Effect.tapCause((cause) =>
+      Effect.sync(() => {
+        if (Cause.hasInterruptsOnly(cause)) return
+        const failure = Cause.findErrorOption(cause)
+        const reason = failure._tag === "Some"
+          ? (failure.value instanceof Error ? failure.value.message : String(failure.value))
+          : Cause.pretty(cause)
+        process.stderr.write(`caracal-${def.name}: cannot start: ${reason}\n`)
+      })
+    )
+  )
+  NodeRuntime.runMain(program as Effect.Effect<never, unknown>, { disableErrorReporting: true })
+}
