@@ -20,7 +20,8 @@ export interface ServiceDefinition<N extends ServiceName> {
   /** Background work (relays, consumers, sweepers) that lives as long as the service. */
   readonly background?: Layer.Layer<never, unknown, Infra>
   readonly mapError?: ErrorMapper
-  readonly readyChecks?: ReadonlyArray<ReadyCheck>
+  /** Extra /ready checks built from the service's own variables (e.g. OPA for the STS). */
+  readonly readyChecksFrom?: (vars: Loaded<N>["vars"]) => ReadonlyArray<ReadyCheck>
 }
 
 const varsOf = (config: Loaded<ServiceName>) => config.vars as unknown as CommonVars
@@ -53,7 +54,7 @@ export const serviceLayer = <N extends ServiceName>(def: ServiceDefinition<N>, c
     const readyChecks: Array<ReadyCheck> = [
       { name: "postgres", check: database.ping },
       { name: "redis", check: redis.ping },
-      ...(def.readyChecks ?? [])
+      ...(def.readyChecksFrom?.(config.vars) ?? [])
     ]
     return serve(routes, {
       service: def.name,

@@ -1,5 +1,12 @@
-// The sts service: configuration, connections, migrations, /health, /ready, /metrics.
-// Its domain routes arrive with their issues.
+// The sts service: configuration, connections, migrations, /health, /ready (Postgres,
+// Redis, OPA), /metrics. The token exchange arrives with its issue.
 import { runService } from "../../core/service.ts"
+import { httpProbe } from "../../core/http/probe.ts"
 
-if (import.meta.main) runService({ name: "sts" })
+if (import.meta.main) {
+  runService({
+    name: "sts",
+    // OPA unreachable means every exchange would be denied: the STS is not ready without it
+    readyChecksFrom: (vars) => [{ name: "opa", check: httpProbe(`${vars.OPA_URL}/health`) }]
+  })
+}

@@ -1,0 +1,6 @@
+// Shared test helpers: every issue's tests reuse these.
+export * from "./clock.ts"
+export * from "./database.ts"
+export * from "./process.ts"
+export * from "./redis.ts"
+export * from "./stack.ts"

@@ -1,0 +1,9 @@
+// `npm run docs:config`: rewrites the README's configuration table from core/config/services.ts.
+import { readFileSync, writeFileSync } from "node:fs"
+import path from "node:path"
+import { withTable } from "../core/config/docs.ts"
+import { repoRoot } from "../core/testing/stack.ts"
+
+const file = path.join(repoRoot, "README.md")
+writeFileSync(file, withTable(readFileSync(file, "utf8")))
+console.log("README.md configuration table updated")
