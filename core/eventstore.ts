@@ -1,0 +1,153 @@
+// The Postgres event log: append (with optimistic concurrency), load one aggregate, and
+// read the whole log in commit-safe order.
+import { type Kysely, sql, type Transaction } from "kysely"
+import { v7 as uuidv7 } from "uuid"
+import type { Actor, Envelope } from "../schemas/envelope.ts"
+import type { Tables } from "./db/tables.ts"
+
+export interface EventToAppend {
+  readonly type: string
+  readonly schemaVersion: number
+  readonly data: unknown
+}
+
+export interface AppendMeta {
+  readonly zoneId: string
+  readonly actor: Actor
+  readonly occurredAt: Date
+  readonly correlationId: string
+  readonly causationId: string | null
+}
+
+/** A row of the events table as read back (jsonb already parsed by pg). */
+export interface EventRow {
+  readonly position: string
+  readonly transaction_id: string
+  readonly id: string
+  readonly zone_id: string
+  readonly aggregate_type: string
+  readonly aggregate_id: string
+  readonly sequence: number
+  readonly type: string
+  readonly schema_version: number
+  readonly occurred_at: Date
+  readonly actor: Actor
+  readonly correlation_id: string
+  readonly causation_id: string | null
+  readonly data: unknown
+}
+
+export const toEnvelope = (r: EventRow): Envelope => ({
+  id: r.id,
+  type: r.type,
+  schemaVersion: r.schema_version,
+  zoneId: r.zone_id,
+  aggregate: { type: r.aggregate_type, id: r.aggregate_id },
+  sequence: r.sequence,
+  position: r.position,
+  occurredAt: r.occurred_at.toISOString(),
+  actor: r.actor,
+  correlationId: r.correlation_id,
+  causationId: r.causation_id
+  , data: r.data
+})
+
+const COLUMNS = sql.raw(
+  "position::text as position, transaction_id::text as transaction_id, id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data"
+)
+
+/** Thrown inside a transaction when another writer appended the same sequence first. */
+export class SequenceConflict extends Error {
+  readonly _tag = "SequenceConflict"
+}
+
+export const isUniqueViolation = (e: unknown, constraint?: string) =>
+  typeof e === "object" && e !== null && (e as { code?: string }).code === "23505" &&
+  (constraint === undefined || (e as { constraint?: string }).constraint === constraint)
+
+/**
+ * Appends events after `afterSequence`. Two writers that loaded the same state both try
+ * to insert sequence n+1; the unique constraint lets exactly one commit.
+ */
+export const appendEvents = async (
+  trx: Transaction<Tables> | Kysely<Tables>,
+  aggregate: { readonly type: string; readonly id: string },
+  afterSequence: number,
+  events: ReadonlyArray<EventToAppend>,
+  meta: AppendMeta
+): Promise<ReadonlyArray<EventRow>> => {
+  if (events.length === 0) return []
+  const values = events.map((e, i) =>
+    sql`(${uuidv7()}, ${meta.zoneId}, ${aggregate.type}, ${aggregate.id}, ${afterSequence + i + 1}, ${e.type}, ${e.schemaVersion}, ${meta.occurredAt}, ${JSON.stringify(meta.actor)}::jsonb, ${meta.correlationId}, ${meta.causationId}, ${JSON.stringify(e.data)}::jsonb)`
+  )
+  try {
+    const { rows } = await sql<EventRow>`
+      insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data)
+      values ${sql.join(values)}
+      returning ${COLUMNS}`.execute(trx)
+    return rows
+  } catch (e) {
+    if (isUniqueViolation(e, "events_aggregate_type_aggregate_id_sequence_key")) throw new SequenceConflict(`${aggregate.type}/${aggregate.id}@${afterSequence + 1}`)
+    throw e
+  }
+}
+
+export const loadAggregateEvents = async (
+  db: Transaction<Tables> | Kysely<Tables>,
+  aggregate: { readonly type: string; readonly id: string },
+  afterSequence = 0,
+  upToSequence = 2_147_483_647
+): Promise<ReadonlyArray<EventRow>> => {
+  const { rows } = await sql<EventRow>`
+    select ${COLUMNS} from events
+    where aggregate_type = ${aggregate.type} and aggregate_id = ${aggregate.id}
+      and sequence > ${afterSequence} and sequence <= ${upToSequence}
+    order by sequence`.execute(db)
+  return rows
+}
+
+/** A position in commit-safe order: (transaction id, position). */
+export interface LogCursor {
+  readonly transactionId: string
+  readonly position: string
+}
+
+export const LOG_START: LogCursor = { transactionId: "0", position: "0" }
+
+export interface LogFilter {
+  readonly zoneId?: string | undefined
+  readonly aggregateType?: string | undefined
+  readonly aggregateId?: string | undefined
+  readonly types?: ReadonlyArray<string> | undefined
+}
+
+/**
+ * Reads the log after `cursor` without gaps. Positions are allocated at insert, not at
+ * commit, so a reader of `position > last` would skip a row whose transaction commits
+ * after a higher position was read. Only rows of transactions older than every running
+ * one (below the snapshot's xmin) are returned, in (transaction id, position) order;
+ * a row still in flight is therefore never overtaken.
+ */
+export const readLog = async (
+  db: Kysely<Tables> | Transaction<Tables>,
+  cursor: LogCursor,
+  limit: number,
+  filter: LogFilter = {}
+): Promise<ReadonlyArray<EventRow>> => {
+  const conditions = [
+    sql`(transaction_id, position) > (${cursor.transactionId}::xid8, ${cursor.position}::bigint)`,
+    sql`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`
+  ]
+  if (filter.zoneId !== undefined) conditions.push(sql`zone_id = ${filter.zoneId}`)
+  if (filter.aggregateType !== undefined) conditions.push(sql`aggregate_type = ${filter.aggregateType}`)
+  if (filter.aggregateId !== undefined) conditions.push(sql`aggregate_id = ${filter.aggregateId}`)
+  if (filter.types !== undefined && filter.types.length > 0) conditions.push(sql`type in (${sql.join(filter.types)})`)
+  const { rows } = await sql<EventRow>`
+    select ${COLUMNS} from events
+    where ${sql.join(conditions, sql` and `)}
+    order by transaction_id, position
+    limit ${limit}`.execute(db)
+  return rows
+}
+
+export const cursorOf = (r: EventRow): LogCursor => ({ transactionId: r.transaction_id, position: r.position })
