@@ -57,9 +57,18 @@ export interface ProjectionCheckpointsTable {
   sequence: number
 }
 
+/** Where a projection's catch-up from the log has reached, in (transaction id, position) order. */
+export interface ProjectionCursorsTable {
+  projection: string
+  transaction_id: string
+  position: string
+  updated_at: Generated<Date>
+}
+
 export interface Tables {
   events: EventsTable
   outbox: OutboxTable
   command_results: CommandResultsTable
   projection_checkpoints: ProjectionCheckpointsTable
+  projection_cursors: ProjectionCursorsTable
 }

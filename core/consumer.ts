@@ -1,0 +1,220 @@
+// A consumer-group member: reads a stream with XREADGROUP, verifies and decodes each
+// entry, hands it to an idempotent handler and acknowledges it only after the handler's
+// effect has committed. Entries a dead member left pending are claimed with XAUTOCLAIM
+// once idle; poison (bad or missing signature, corrupt JSON, unknown version) and
+// entries past the delivery limit go to the dead-letter stream with their reason and
+// are acknowledged, so the group keeps flowing.
+import type { Redis } from "ioredis"
+import { hostname } from "node:os"
+import { decodeEnvelope, type Envelope } from "../schemas/envelope.ts"
+import type { EventRegistry } from "../schemas/registry.ts"
+import type { Verdict, Verifier } from "./signing.ts"
+
+/** An event as a handler sees it: the envelope with data upcast to the latest version. */
+export interface ReceivedEvent {
+  readonly envelope: Envelope
+  readonly stream: string
+  readonly entryId: string
+  readonly signature: Verdict | "not_checked"
+}
+
+export interface ConsumerOptions {
+  readonly redis: Redis
+  readonly streams: ReadonlyArray<string>
+  readonly group: string
+  readonly consumer?: string
+  readonly registry: EventRegistry
+  /** When it holds keys, every entry must carry a valid signature. */
+  readonly verifier?: Verifier | undefined
+  readonly handle: (event: ReceivedEvent) => Promise<void>
+  readonly deadLetterStream: (stream: string) => string
+  readonly count?: number
+  readonly blockMs?: number
+  readonly claimIdleMs?: number
+  readonly claimIntervalMs?: number
+  /** Deliveries after which a failing entry is parked in the dead-letter stream. */
+  readonly maxDeliveries?: number
+  readonly onError?: (error: unknown, entryId: string) => void
+}
+
+export const defaultConsumerName = () => `${hostname()}-${process.pid}`
+
+type Entry = [id: string, fields: Array<string>]
+type StreamReply = Array<[stream: string, entries: Array<Entry>]> | null
+
+const fieldsOf = (raw: Array<string>) => {
+  const out: Record<string, string> = {}
+  for (let i = 0; i + 1 < raw.length; i += 2) out[raw[i]!] = raw[i + 1]!
+  return out
+}
+
+export const ensureGroup = async (redis: Redis, stream: string, group: string) => {
+  try {
+    await redis.xgroup("CREATE", stream, group, "0", "MKSTREAM")
+  } catch (e) {
+    if (!(e instanceof Error) || !e.message.includes("BUSYGROUP")) throw e
+  }
+}
+
+export type Classified =
+  | { readonly ok: true; readonly event: ReceivedEvent }
+  | { readonly ok: false; readonly reason: string }
+
+/** Verify, parse and decode one entry; pure apart from the verifier's key lookups. */
+export const classify = (
+  stream: string,
+  entryId: string,
+  raw: Array<string>,
+  registry: EventRegistry,
+  verifier: Verifier | undefined
+): Classified => {
+  const f = fieldsOf(raw)
+  if (f.e === undefined) return { ok: false, reason: "missing_payload" }
+  let signature: ReceivedEvent["signature"] = "not_checked"
+  if (verifier?.enabled) {
+    signature = verifier.verify(stream, f.e, f.k, f.s)
+    if (signature !== "valid") return { ok: false, reason: signature }
+  }
+  let json: unknown
+  try {
+    json = JSON.parse(f.e)
+  } catch {
+    return { ok: false, reason: "corrupt_json" }
+  }
+  const envelope = decodeEnvelope(json)
+  if (envelope._tag === "Failure") return { ok: false, reason: "invalid_envelope" }
+  const e = envelope.success
+  const decoded = registry.decode(e.type, e.schemaVersion, e.data)
+  if (decoded._tag === "Failure") return { ok: false, reason: decoded.failure.reason }
+  return {
+    ok: true,
+    event: { envelope: { ...e, schemaVersion: decoded.success.version, data: decoded.success.data }, stream, entryId, signature }
+  }
+}
+
+export interface Consumer {
+  readonly run: () => Promise<void>
+  readonly stop: () => void
+  readonly name: string
+  readonly stats: { handled: number; deadLettered: number; claimed: number }
+}
+
+export const makeConsumer = (opts: ConsumerOptions): Consumer => {
+  const name = opts.consumer ?? defaultConsumerName()
+  const count = opts.count ?? 100
+  const blockMs = opts.blockMs ?? 1000
+  const claimIdleMs = opts.claimIdleMs ?? 30_000
+  const claimIntervalMs = opts.claimIntervalMs ?? Math.max(1000, Math.floor(claimIdleMs / 2))
+  const maxDeliveries = opts.maxDeliveries ?? 5
+  const stats = { handled: 0, deadLettered: 0, claimed: 0 }
+  let stopped = false
+  // XREADGROUP BLOCK holds its connection; a dedicated one keeps other commands flowing
+  const reader = opts.redis.duplicate()
+  reader.on("error", () => {})
+
+  const deadLetter = async (stream: string, id: string, raw: Array<string>, reason: string) => {
+    await opts.redis.multi()
+      .xadd(opts.deadLetterStream(stream), "*", "reason", reason, "stream", stream, "id", id, "group", opts.group,
+        "consumer", name, "at", new Date().toISOString(), "fields", JSON.stringify(raw))
+      .xack(stream, opts.group, id)
+      .exec()
+    stats.deadLettered++
+  }
+
+  const process1 = async (stream: string, id: string, raw: Array<string> | null, deliveries: number) => {
+    if (raw === null) {
+      // trimmed away or deleted while pending: nothing left to apply
+      await opts.redis.xack(stream, opts.group, id)
+      return
+    }
+    const c = classify(stream, id, raw, opts.registry, opts.verifier)
+    if (!c.ok) return deadLetter(stream, id, raw, c.reason)
+    try {
+      await opts.handle(c.event)
+      await opts.redis.xack(stream, opts.group, id)
+      stats.handled++
+    } catch (e) {
+      opts.onError?.(e, id)
+      if (deliveries >= maxDeliveries) {
+        await deadLetter(stream, id, raw, `max_deliveries: ${e instanceof Error ? e.message : String(e)}`.slice(0, 500))
+      }
+      // otherwise left pending: the claim loop redelivers it after claimIdleMs
+    }
+  }
+
+  const deliveriesOf = async (stream: string, ids: ReadonlyArray<string>) => {
+    const out = new Map<string, number>()
+    if (ids.length === 0) return out
+    const pending = (await opts.redis.xpending(stream, opts.group, ids[0]!, ids[ids.length - 1]!, ids.length * 2 + 10)) as Array<
+      [string, string, number, number]
+    >
+    for (const [id, , , n] of pending) out.set(id, n)
+    return out
+  }
+
+  const claimIdle = async () => {
+    for (const stream of opts.streams) {
+      let cursor = "0-0"
+      do {
+        const reply = (await opts.redis.xautoclaim(stream, opts.group, name, claimIdleMs, cursor, "COUNT", count)) as [
+          string,
+          Array<Entry | null>,
+          Array<string>?
+        ]
+        cursor = reply[0]
+        const entries = reply[1]
+        const deleted = reply[2] ?? []
+        for (const id of deleted) await opts.redis.xack(stream, opts.group, id)
+        const live = entries.filter((e): e is Entry => e !== null)
+        stats.claimed += live.length
+        const counts = await deliveriesOf(stream, live.map((e) => e[0]))
+        for (const [id, raw] of live) {
+          const n = counts.get(id) ?? maxDeliveries
+          // claimed past the limit: it has failed often enough, park it without another try
+          if (n > maxDeliveries) await deadLetter(stream, id, raw, "max_deliveries")
+          else await process1(stream, id, raw, n)
+        }
+      } while (cursor !== "0-0" && !stopped)
+    }
+  }
+
+  const run = async () => {
+    for (const s of opts.streams) await ensureGroup(opts.redis, s, opts.group)
+    let lastClaim = 0
+    // entries this consumer name already holds (a restart under the same name) come first
+    let ids = opts.streams.map(() => "0")
+    while (!stopped) {
+      try {
+        if (Date.now() - lastClaim >= claimIntervalMs) {
+          lastClaim = Date.now()
+          await claimIdle()
+        }
+        const reply = (await reader.xreadgroup(
+          "GROUP", opts.group, name, "COUNT", count, "BLOCK", blockMs, "STREAMS", ...opts.streams, ...ids
+        )) as StreamReply
+        let ownPendingLeft = false
+        for (const [stream, entries] of reply ?? []) {
+          const replaying = ids[opts.streams.indexOf(stream)] !== ">"
+          if (replaying && entries.length > 0) ownPendingLeft = true
+          const counts = replaying ? await deliveriesOf(stream, entries.map((e) => e[0])) : undefined
+          for (const [id, raw] of entries) await process1(stream, id, raw as Array<string> | null, counts?.get(id) ?? 1)
+        }
+        if (!ownPendingLeft) ids = opts.streams.map(() => ">")
+      } catch (e) {
+        if (stopped) break
+        opts.onError?.(e, "")
+        await new Promise((r) => setTimeout(r, 250))
+      }
+    }
+    reader.disconnect()
+  }
+
+  return {
+    run,
+    stop: () => {
+      stopped = true
+    },
+    name,
+    stats
+  }
+}

@@ -1,0 +1,202 @@
+// Projections: read models built by applying events. Each event is applied exactly once
+// per projection, because a checkpoint per aggregate (its last applied `sequence`) is
+// read under a row lock and written in the same transaction as the effect:
+//   sequence <= checkpoint      → a duplicate (relay crash, redelivery): skipped
+//   sequence  > checkpoint + 1  → an earlier event has not arrived yet (it is on another
+//                                 consumer, or being retried): it is loaded from the
+//                                 Postgres log and applied first, so order holds
+// The same rule makes the switch from catching up on the log to following the stream
+// safe: whatever both deliver is applied once, whatever neither has is filled in.
+import { type Kysely, sql, type Transaction } from "kysely"
+import type { Envelope } from "../schemas/envelope.ts"
+import type { EventRegistry } from "../schemas/registry.ts"
+import type { Tables } from "./db/tables.ts"
+import { cursorOf, type EventRow, LOG_START, type LogCursor, loadAggregateEvents, readLog, toEnvelope } from "./eventstore.ts"
+
+export interface Projection<Tx> {
+  readonly name: string
+  /** Event types this projection reacts to; others only advance its checkpoints. */
+  readonly handles: ReadonlySet<string>
+  readonly apply: (tx: Tx, event: Envelope) => Promise<void> | void
+  /** Empties the read model (for a rebuild). */
+  readonly reset: (tx: Tx) => Promise<void> | void
+}
+
+/** Decodes a stored row to the latest version of its event, as a consumer would see it. */
+export const upcastRow = (registry: EventRegistry, row: EventRow): Envelope => {
+  const env = toEnvelope(row)
+  const decoded = registry.decode(env.type, env.schemaVersion, env.data)
+  if (decoded._tag === "Failure") throw new Error(`cannot project ${env.type} v${env.schemaVersion}: ${decoded.failure.detail}`)
+  return { ...env, schemaVersion: decoded.success.version, data: decoded.success.data }
+}
+
+// ---------------------------------------------------------------- Postgres projections
+
+export type PgProjection = Projection<Transaction<Tables>>
+
+const lockCheckpoint = async (trx: Transaction<Tables>, projection: string, type: string, id: string): Promise<number> => {
+  await sql`insert into projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
+    values (${projection}, ${type}, ${id}, 0) on conflict do nothing`.execute(trx)
+  const { rows } = await sql<{ sequence: number }>`select sequence from projection_checkpoints
+    where projection = ${projection} and aggregate_type = ${type} and aggregate_id = ${id} for update`.execute(trx)
+  return rows[0]?.sequence ?? 0
+}
+
+export type ApplyOutcome = "applied" | "duplicate"
+
+/** Applies one event (and any missing predecessors) exactly once, in one transaction. */
+export const applyToPostgres = (
+  db: Kysely<Tables>,
+  registry: EventRegistry,
+  projection: PgProjection,
+  event: Envelope
+): Promise<ApplyOutcome> =>
+  db.transaction().execute(async (trx) => {
+    const { type, id } = event.aggregate
+    const checkpoint = await lockCheckpoint(trx, projection.name, type, id)
+    if (event.sequence <= checkpoint) return "duplicate"
+    if (event.sequence > checkpoint + 1) {
+      for (const row of await loadAggregateEvents(trx, event.aggregate, checkpoint, event.sequence - 1)) {
+        const missing = upcastRow(registry, row)
+        if (projection.handles.has(missing.type)) await projection.apply(trx, missing)
+      }
+    }
+    if (projection.handles.has(event.type)) await projection.apply(trx, event)
+    await sql`update projection_checkpoints set sequence = ${event.sequence}
+      where projection = ${projection.name} and aggregate_type = ${type} and aggregate_id = ${id}`.execute(trx)
+    return "applied"
+  })
+
+const saveCursor = (trx: Transaction<Tables>, projection: string, c: LogCursor) =>
+  sql`insert into projection_cursors (projection, transaction_id, position) values (${projection}, ${c.transactionId}::xid8, ${c.position}::bigint)
+    on conflict (projection) do update set transaction_id = excluded.transaction_id, position = excluded.position, updated_at = now()`.execute(trx)
+
+const loadCursor = async (db: Kysely<Tables>, projection: string): Promise<LogCursor> => {
+  const { rows } = await sql<{ transaction_id: string; position: string }>`
+    select transaction_id::text, position::text from projection_cursors where projection = ${projection}`.execute(db)
+  const r = rows[0]
+  return r ? { transactionId: r.transaction_id, position: r.position } : LOG_START
+}
+
+/**
+ * Applies a batch of log rows in one transaction. Checkpoints are kept in memory for the
+ * batch and written once at its end, so catch-up and rebuild cost one statement per
+ * aggregate per batch, not three per event.
+ */
+const applyBatch = async (trx: Transaction<Tables>, registry: EventRegistry, projection: PgProjection, rows: ReadonlyArray<EventRow>) => {
+  const keys = [...new Set(rows.map((r) => `${r.aggregate_type}\u0000${r.aggregate_id}`))]
+  const types = keys.map((k) => k.split("\u0000")[0]!)
+  const ids = keys.map((k) => k.split("\u0000")[1]!)
+  const { rows: current } = await sql<{ aggregate_type: string; aggregate_id: string; sequence: number }>`
+    select c.aggregate_type, c.aggregate_id, c.sequence from projection_checkpoints c
+    join unnest(${types}::text[], ${ids}::text[]) as k(t, i) on c.aggregate_type = k.t and c.aggregate_id = k.i
+    where c.projection = ${projection.name}
+    for update of c`.execute(trx)
+  const cps = new Map(current.map((c) => [`${c.aggregate_type}\u0000${c.aggregate_id}`, c.sequence]))
+  const touched = new Map<string, number>()
+  for (const row of rows) {
+    const key = `${row.aggregate_type}\u0000${row.aggregate_id}`
+    const cp = touched.get(key) ?? cps.get(key) ?? 0
+    // the log is read in commit order, and an aggregate's events commit in sequence order
+    if (row.sequence <= cp) continue
+    if (projection.handles.has(row.type)) await projection.apply(trx, upcastRow(registry, row))
+    touched.set(key, row.sequence)
+  }
+  if (touched.size > 0) {
+    const t = [...touched.entries()]
+    await sql`insert into projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
+      select ${projection.name}, k.t, k.i, k.s from unnest(${t.map(([k]) => k.split("\u0000")[0]!)}::text[],
+        ${t.map(([k]) => k.split("\u0000")[1]!)}::text[], ${t.map(([, s]) => s)}::int[]) as k(t, i, s)
+      on conflict (projection, aggregate_type, aggregate_id) do update set sequence = excluded.sequence`.execute(trx)
+  }
+}
+
+export interface CatchUpProgress {
+  readonly applied: number
+  readonly cursor: LogCursor
+}
+
+/** Catches a Postgres projection up with the log from its saved cursor, batch by batch. */
+export const catchUpPostgres = async (
+  db: Kysely<Tables>,
+  registry: EventRegistry,
+  projection: PgProjection,
+  opts: { readonly batchSize?: number; readonly onProgress?: (p: CatchUpProgress) => void } = {}
+): Promise<CatchUpProgress> => {
+  let cursor = await loadCursor(db, projection.name)
+  let applied = 0
+  for (;;) {
+    const rows = await readLog(db, cursor, opts.batchSize ?? 2000)
+    if (rows.length === 0) break
+    const next = cursorOf(rows[rows.length - 1]!)
+    await db.transaction().execute(async (trx) => {
+      await applyBatch(trx, registry, projection, rows)
+      await saveCursor(trx, projection.name, next)
+    })
+    cursor = next
+    applied += rows.length
+    opts.onProgress?.({ applied, cursor })
+  }
+  return { applied, cursor }
+}
+
+/** Drops the read model and its checkpoints, then replays the whole log into it. */
+export const rebuildPostgres = async (
+  db: Kysely<Tables>,
+  registry: EventRegistry,
+  projection: PgProjection,
+  opts: { readonly batchSize?: number; readonly onProgress?: (p: CatchUpProgress) => void } = {}
+): Promise<CatchUpProgress> => {
+  await db.transaction().execute(async (trx) => {
+    await projection.reset(trx)
+    await sql`delete from projection_checkpoints where projection = ${projection.name}`.execute(trx)
+    await sql`delete from projection_cursors where projection = ${projection.name}`.execute(trx)
+  })
+  return catchUpPostgres(db, registry, projection, opts)
+}
+
+// ---------------------------------------------------------------- in-memory projections
+
+/** An in-memory read model (the gateway's): the same once-only rule, checkpoints in memory. */
+export class MemoryProjectionRunner<S> {
+  private readonly checkpoints = new Map<string, number>()
+  cursor: LogCursor = LOG_START
+
+  readonly projection: Projection<S>
+  readonly state: S
+  private readonly db: Kysely<Tables>
+  private readonly registry: EventRegistry
+
+  constructor(projection: Projection<S>, state: S, db: Kysely<Tables>, registry: EventRegistry) {
+    this.projection = projection
+    this.state = state
+    this.db = db
+    this.registry = registry
+  }
+
+  async apply(event: Envelope): Promise<ApplyOutcome> {
+    const key = `${event.aggregate.type}\u0000${event.aggregate.id}`
+    const cp = this.checkpoints.get(key) ?? 0
+    if (event.sequence <= cp) return "duplicate"
+    if (event.sequence > cp + 1) {
+      for (const row of await loadAggregateEvents(this.db, event.aggregate, cp, event.sequence - 1)) {
+        const missing = upcastRow(this.registry, row)
+        if (this.projection.handles.has(missing.type)) await this.projection.apply(this.state, missing)
+      }
+    }
+    if (this.projection.handles.has(event.type)) await this.projection.apply(this.state, event)
+    this.checkpoints.set(key, event.sequence)
+    return "applied"
+  }
+
+  async catchUp(batchSize = 2000): Promise<number> {
+    let n = 0
+    for (;;) {
+      const rows = await readLog(this.db, this.cursor, batchSize)
+      if (rows.length === 0) return n
+      for (const row of rows) await this.apply(upcastRow(this.registry, row))
+      this.cursor = cursorOf(rows[rows.length - 1]!)
+      n += rows.length
+    }
+  }
+}
