@@ -63,8 +63,12 @@ export interface Outcome<R> {
   readonly replayed: boolean
 }
 
-/** Bounded: a hot aggregate under contention fails visibly rather than spinning. */
-export const MAX_ATTEMPTS = 8
+/**
+ * Bounded: a hot aggregate under contention fails visibly rather than spinning. Every
+ * round of conflicts has one winner, so n concurrent writers of one aggregate all
+ * commit when n <= MAX_ATTEMPTS.
+ */
+export const MAX_ATTEMPTS = 10
 
 class DomainRejection<Err> extends Error {
   readonly error: Err
@@ -184,6 +188,8 @@ export const execute = <S, C, E extends DomainEvent, Err, R>(
       // a concurrent first use of the same idempotency key: the retry finds its result
       const retryable = error instanceof SequenceConflict || isUniqueViolation(error, "command_results_pkey")
       if (!retryable) return yield* new DbError({ cause: error })
+      // jitter spreads the losers out so that the next round has fewer collisions
+      yield* Effect.sleep(`${Math.floor(Math.random() * Math.min(50, 2 ** attempt))} millis`)
     }
     return yield* new ConcurrencyExhausted({ aggregate: `${x.aggregate.type}/${x.id}`, attempts: MAX_ATTEMPTS })
   })

@@ -1,0 +1,113 @@
+// The command handler: one transaction, optimistic concurrency with bounded retry, idempotency.
+import { Effect } from "effect"
+import { sql } from "kysely"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { execute, MAX_ATTEMPTS } from "../../core/command.ts"
+import { readLog } from "../../core/eventstore.ts"
+import { LOG_START } from "../../core/eventstore.ts"
+import { makeHarness, type Harness, PRODUCER } from "../fixtures/harness.ts"
+import { account, registry } from "../fixtures/ledger.ts"
+
+let h: Harness
+beforeAll(async () => {
+  h = await makeHarness("command")
+})
+afterAll(() => h.close())
+
+const count = async (table: "events" | "outbox", where = sql`true`) =>
+  Number((await sql<{ n: string }>`select count(*) as n from ${sql.table(table)} where ${where}`.execute(h.db.database.db)).rows[0]!.n)
+
+describe("when a command succeeds", () => {
+  it("commits its events, its state and its outbox rows together", async () => {
+    await h.run("a1", { _tag: "Open", owner: "ada" })
+    const out = await h.run("a1", { _tag: "Deposit", amount: 5 })
+    expect(out.events.map((e) => [e.type, e.sequence])).toEqual([["FundsDeposited", 2]])
+    const row = await h.db.database.db.selectFrom("balances" as never).selectAll().where("account_id" as never, "=", "a1" as never).executeTakeFirst()
+    expect(row).toMatchObject({ balance: "5", deposits: 1, status: "Open" })
+    expect(await count("outbox", sql`aggregate_key = 'account/a1'`)).toBe(2)
+  })
+})
+
+describe("when the inline projection fails inside the transaction", () => {
+  it("writes no event and no outbox row", async () => {
+    const before = [await count("events"), await count("outbox")]
+    const exit = await Effect.runPromiseExit(execute(h.db.database, registry, {
+      aggregate: account,
+      id: "a-broken",
+      command: { _tag: "Open", owner: "x" },
+      meta: h.meta(),
+      producer: PRODUCER,
+      streams: () => [h.stream],
+      project: async (trx) => {
+        await sql`insert into no_such_table values (1)`.execute(trx)
+      },
+      result: () => null
+    }))
+    expect(exit._tag).toBe("Failure")
+    expect([await count("events"), await count("outbox")]).toEqual(before)
+  })
+})
+
+describe("when the decider rejects a command", () => {
+  it("fails with the domain error and writes nothing", async () => {
+    const before = await count("events")
+    await expect(h.run("nobody", { _tag: "Deposit", amount: 1 })).rejects.toMatchObject({ reason: "not_open" })
+    expect(await count("events")).toBe(before)
+  })
+})
+
+describe("when many writers hit one aggregate at once", () => {
+  it("every command commits once, with sequences 1..n and no gaps (conflicts retried)", async () => {
+    await h.run("hot", { _tag: "Open", owner: "h" })
+    const n = MAX_ATTEMPTS
+    const results = await Promise.allSettled(Array.from({ length: n }, () => h.run("hot", { _tag: "Deposit", amount: 1 })))
+    const ok = results.filter((r) => r.status === "fulfilled").length
+    const { rows } = await sql<{ sequence: number }>`select sequence from events where aggregate_id = 'hot' order by sequence`.execute(h.db.database.db)
+    expect(rows.map((r) => r.sequence)).toEqual(Array.from({ length: ok + 1 }, (_, i) => i + 1))
+    // each round of conflicts has a winner: MAX_ATTEMPTS concurrent writers all get through
+    expect(ok).toBe(n)
+  })
+})
+
+describe("when a command is retried with the same idempotency key", () => {
+  it("returns the first result and appends nothing", async () => {
+    await h.run("idem", { _tag: "Open", owner: "i" })
+    const first = await h.run("idem", { _tag: "Deposit", amount: 7 }, { idempotencyKey: "k-1" })
+    const eventsAfterFirst = await count("events", sql`aggregate_id = 'idem'`)
+    const again = await h.run("idem", { _tag: "Deposit", amount: 7 }, { idempotencyKey: "k-1" })
+    expect(again.replayed).toBe(true)
+    expect(again.result).toEqual(first.result)
+    expect(await count("events", sql`aggregate_id = 'idem'`)).toBe(eventsAfterFirst)
+    // concurrent first uses of one key: exactly one deposit
+    const racing = await Promise.all(Array.from({ length: 5 }, () => h.run("idem", { _tag: "Deposit", amount: 1 }, { idempotencyKey: "k-2" })))
+    expect(racing.filter((r) => !r.replayed)).toHaveLength(1)
+    expect(await count("events", sql`aggregate_id = 'idem'`)).toBe(eventsAfterFirst + 1)
+  })
+})
+
+describe("the event log", () => {
+  it("refuses updates and deletes", async () => {
+    await expect(sql`update events set type = 'X' where aggregate_id = 'a1'`.execute(h.db.database.db)).rejects.toThrow(/append-only/)
+    await expect(sql`delete from events where aggregate_id = 'a1'`.execute(h.db.database.db)).rejects.toThrow(/append-only/)
+  })
+
+  it("when a lower position commits after a higher one, the reader waits for it instead of skipping it", async () => {
+    const db = h.db.database.db
+    const start = await readLog(db, LOG_START, 100_000)
+    const cursor = { transactionId: start.at(-1)!.transaction_id, position: start.at(-1)!.position }
+    // transaction A takes a position and stays open
+    const conn = await db.connection().execute(async (c) => {
+      await sql`begin`.execute(c)
+      await sql`insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, data)
+        values (gen_random_uuid(), 'z1', 'account', 'late', 1, 'AccountOpened', 1, now(), '{"kind":"t","id":"t"}', 'c', '{"owner":"l"}')`.execute(c)
+      // transaction B commits a higher position meanwhile
+      await h.run("early", { _tag: "Open", owner: "e" })
+      const whileOpen = await readLog(db, cursor, 100)
+      await sql`commit`.execute(c)
+      const afterCommit = await readLog(db, cursor, 100)
+      return { whileOpen, afterCommit }
+    })
+    expect(conn.whileOpen.map((r) => r.aggregate_id)).toEqual([])
+    expect(conn.afterCommit.map((r) => r.aggregate_id)).toEqual(["late", "early"])
+  })
+})
