@@ -158,8 +158,9 @@ describe("when poison reaches the group", () => {
       await h.redis.redis.xadd(stream, "*", ...entryFields(stream, env("always-fails"), h.signer))
       await h.redis.redis.xadd(stream, "*", ...entryFields(stream, env("works"), h.signer))
       await until(async () => (await h.redis.redis.xlen(h.redis.keys.deadLetters(stream))) === 1, 10_000, "parked")
-      const [[, f]] = (await h.redis.redis.xrange(h.redis.keys.deadLetters(stream), "-", "+")) as Array<[string, Array<string>]>
-      expect(f![f!.indexOf("reason") + 1]).toMatch(/^max_deliveries/)
+      const parked = (await h.redis.redis.xrange(h.redis.keys.deadLetters(stream), "-", "+")) as Array<[string, Array<string>]>
+      const f = parked[0]![1]
+      expect(f[f.indexOf("reason") + 1]).toMatch(/^max_deliveries/)
       expect(seen.filter((x) => x === "always-fails").length).toBe(3)
       expect(seen).toContain("works")
     } finally {
