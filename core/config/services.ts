@@ -28,13 +28,23 @@ export const common = {
 
 const tls = { TLS_CERT_FILE: common.TLS_CERT_FILE, TLS_KEY_FILE: common.TLS_KEY_FILE }
 
+/** Producers sign what their relay publishes; consumers verify with the same key (and rotated-out ones). */
+const streamsKey = optional(p.hexKey(), "Hex-encoded key for HMAC-signing stream messages; if unset, messages are unsigned", true)
+const previousKeys = optional(
+  p.hexKeyList,
+  "Comma-separated hex keys still accepted when verifying stream messages (key rotation)",
+  true
+)
+const retention = withDefault(p.int(1, 87_600), "168", "Hours a published stream entry is kept once every group has acknowledged it")
+
 export const sts = {
   ...common,
   ...tls,
   ZONE_KEK: required(p.hexKey(32), "32-byte hex-encoded Key Encryption Key for zone signing keys; must not be all zeros", true),
   OPA_URL: required(httpUrl, "OPA REST API base URL (e.g. http://opa:8181)"),
   AUDIT_STREAM_URL: defaultFrom(redisUrl, "REDIS_URL", "Redis URL for audit event publishing, if separate from main Redis"),
-  STREAMS_HMAC_KEY: optional(p.hexKey(), "Hex-encoded key for HMAC-signing stream messages; if unset, messages are unsigned", true),
+  STREAMS_HMAC_KEY: streamsKey,
+  STREAMS_HMAC_PREVIOUS_KEYS: previousKeys,
   PORT: withDefault(p.int(1, 65535), "8080", "Listening port")
 } satisfies Spec
 
@@ -46,6 +56,8 @@ export const api = {
   OUTBOX_POLL_MS: withDefault(ms, "250", "Milliseconds between outbox poll cycles"),
   OUTBOX_BATCH_SIZE: withDefault(p.int(1, 10_000), "32", "Events per outbox poll batch"),
   OUTBOX_MAX_ATTEMPTS: withDefault(count, "100", "Maximum delivery attempts per outbox row before marking dead"),
+  STREAMS_HMAC_KEY: streamsKey,
+  STREAM_RETENTION_HOURS: retention,
   PORT: withDefault(p.int(1, 65535), "3000", "Listening port")
 } satisfies Spec
 
@@ -54,6 +66,8 @@ export const gateway = {
   STS_URL: required(httpUrl, "Internal URL of the STS service"),
   BINDINGS_RELOAD_MS: withDefault(ms, "30000", "How often (ms) to reload resource bindings from Postgres"),
   JTI_CACHE_SIZE: withDefault(count, "10000", "Maximum entries in the JTI replay cache"),
+  STREAMS_HMAC_KEY: streamsKey,
+  STREAMS_HMAC_PREVIOUS_KEYS: previousKeys,
   PORT: withDefault(p.int(1, 65535), "8081", "Listening port")
 } satisfies Spec
 
@@ -67,6 +81,9 @@ export const coordinator = {
   MAX_PER_ZONE: withDefault(count, "50", "Maximum concurrent agent sessions per zone"),
   MAX_PER_APP: withDefault(count, "200", "Maximum concurrent agent sessions per application"),
   DEFAULT_TTL_SECONDS: withDefault(p.int(1, 31_536_000), "3600", "Default agent session TTL in seconds"),
+  STREAMS_HMAC_KEY: streamsKey,
+  STREAMS_HMAC_PREVIOUS_KEYS: previousKeys,
+  STREAM_RETENTION_HOURS: retention,
   PORT: withDefault(p.int(1, 65535), "4000", "Listening port")
 } satisfies Spec
 
@@ -74,6 +91,7 @@ export const audit = {
   ...common,
   AUDIT_HMAC_KEY: required(p.hexKey(), "Hex-encoded key for HMAC-SHA256 chain verification", true),
   STREAMS_HMAC_KEY: optional(p.hexKey(), "Hex-encoded key for verifying stream message signatures", true),
+  STREAMS_HMAC_PREVIOUS_KEYS: previousKeys,
   AUDIT_RETENTION_DAYS: withDefault(p.int(1, 36_500), "365", "Days of audit events to retain; older partitions are dropped"),
   AUDIT_MAX_DELIVERIES: withDefault(p.int(1, 1000), "5", "Maximum delivery attempts per audit event before routing to DLQ"),
   AUDIT_EXPORT_S3_BUCKET: optional(p.string, "S3 bucket for Parquet export; export is disabled if unset"),

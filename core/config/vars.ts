@@ -30,6 +30,15 @@ const url = (protocols: ReadonlyArray<string>): Parse<string> => (raw) => {
   }
 }
 
+/** Hex-encoded key material; `bytes` fixes the length, otherwise at least 16 bytes. */
+const hexKey = (bytes?: number): Parse<Redacted.Redacted<Buffer>> => (raw) => {
+  if (!/^[0-9a-fA-F]*$/.test(raw) || raw.length % 2 !== 0 || raw.length === 0) return bad("must be hex-encoded")
+  if (bytes !== undefined && raw.length !== bytes * 2) return bad(`must be ${bytes * 2} hex chars (${bytes} bytes)`)
+  if (bytes === undefined && raw.length < 32) return bad("must be at least 32 hex chars (16 bytes)")
+  if (/^0+$/.test(raw)) return bad("must not be all zeros")
+  return ok(Redacted.make(Buffer.from(raw, "hex")))
+}
+
 export const parsers = {
   string: ((raw) => (raw.length > 0 ? ok(raw) : bad("must not be empty"))) as Parse<string>,
   url,
@@ -46,14 +55,16 @@ export const parsers = {
   bool: ((raw) => (raw === "true" ? ok(true) : raw === "false" ? ok(false) : bad("must be true or false"))) as Parse<boolean>,
   oneOf: <const L extends string>(values: ReadonlyArray<L>): Parse<L> => (raw) =>
     (values as ReadonlyArray<string>).includes(raw) ? ok(raw as L) : bad(`must be one of ${values.join(", ")} (lower case)`),
-  /** Hex-encoded key material; `bytes` fixes the length, otherwise at least 16 bytes. */
-  hexKey: (bytes?: number): Parse<Redacted.Redacted<Buffer>> => (raw) => {
-    if (!/^[0-9a-fA-F]*$/.test(raw) || raw.length % 2 !== 0 || raw.length === 0) return bad("must be hex-encoded")
-    if (bytes !== undefined && raw.length !== bytes * 2) return bad(`must be ${bytes * 2} hex chars (${bytes} bytes)`)
-    if (bytes === undefined && raw.length < 32) return bad("must be at least 32 hex chars (16 bytes)")
-    if (/^0+$/.test(raw)) return bad("must not be all zeros")
-    return ok(Redacted.make(Buffer.from(raw, "hex")))
-  },
+  hexKey,
+  hexKeyList: ((raw) => {
+    const keys: Array<Buffer> = []
+    for (const part of raw.split(",").map((x) => x.trim()).filter((x) => x.length > 0)) {
+      const one = hexKey()(part)
+      if (!one.ok) return bad(`each key ${one.rule}`)
+      keys.push(Redacted.value(one.value))
+    }
+    return ok(Redacted.make(keys))
+  }) as Parse<Redacted.Redacted<ReadonlyArray<Buffer>>>,
   secretString: ((raw) => (raw.length >= 16 ? ok(Redacted.make(raw)) : bad("must be at least 16 characters"))) as Parse<
     Redacted.Redacted<string>
   >,

@@ -1,5 +1,6 @@
-// The api service: configuration, connections, migrations, /health, /ready, /metrics.
-// Its domain routes arrive with their issues.
+// The api service: configuration, connections, migrations, its outbox relay, /health,
+// /ready and /metrics. Its domain routes arrive with their issues.
+import { RelayLive } from "../../core/backbone.ts"
 import { runService } from "../../core/service.ts"
 
-if (import.meta.main) runService({ name: "api" })
+if (import.meta.main) runService({ name: "api", background: RelayLive("api") })
