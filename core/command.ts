@@ -1,15 +1,19 @@
 // Commands, deciders and the command handler. A handler loads an aggregate's events,
-// folds them into state, asks the pure decider for new events and, in ONE Postgres
-// transaction, appends them, updates the service's own tables (inline projection),
-// writes one outbox row per (event, stream) and records the idempotency key.
+// folds them into state, asks the pure decider for new events and, atomically (one
+// statement, or one transaction when the inline projection is code), appends them,
+// updates the service's own tables (inline projection), writes one outbox row per
+// (event, stream) and records the idempotency key.
 import { Cause, Effect, Exit, Schema } from "effect"
-import { type Kysely, sql, type Transaction } from "kysely"
+import { type Kysely, type RawBuilder, sql, type Transaction } from "kysely"
+import { v7 as uuidv7 } from "uuid"
 import type { EventRegistry } from "../schemas/registry.ts"
 import type { Actor } from "../schemas/envelope.ts"
+import { type AggregateCache, cacheFor } from "./aggregate-cache.ts"
 import type { DatabaseShape } from "./db/database.ts"
+import { outboxSignal } from "./outbox-signal.ts"
 import { DbError } from "./db/database.ts"
 import type { Tables } from "./db/tables.ts"
-import { appendEvents, type EventRow, isUniqueViolation, loadAggregateEvents, SequenceConflict } from "./eventstore.ts"
+import { type EventRow, isUniqueViolation, loadAggregateEvents, SequenceConflict } from "./eventstore.ts"
 
 /** A domain event before it is stored: its type (past tense) and its data. */
 export interface DomainEvent {
@@ -41,6 +45,18 @@ export class ConcurrencyExhausted extends Schema.TaggedError<ConcurrencyExhauste
   attempts: Schema.Number
 }) {}
 
+/** An event about to be appended: everything but its position, which the insert assigns. */
+export interface PendingEvent {
+  readonly id: string
+  readonly aggregateType: string
+  readonly aggregateId: string
+  readonly sequence: number
+  readonly type: string
+  readonly schemaVersion: number
+  /** The encoded (JSON) data of the latest version. */
+  readonly data: unknown
+}
+
 export interface Execution<S, C, E extends DomainEvent, Err, R> {
   readonly aggregate: Aggregate<S, C, E, Err>
   readonly id: string
@@ -49,11 +65,18 @@ export interface Execution<S, C, E extends DomainEvent, Err, R> {
   /** The service that owns the outbox rows (its relay publishes them). */
   readonly producer: string
   /** Streams an event is published to (usually one: its aggregate type's). */
-  readonly streams: (event: EventRow) => ReadonlyArray<string>
-  /** The inline projection: updates the service's own tables inside the same transaction. */
+  readonly streams: (event: PendingEvent) => ReadonlyArray<string>
+  /**
+   * The inline projection as SQL statements (INSERT/UPDATE/DELETE) that run inside the
+   * single statement that appends the events: the whole command is one round trip.
+   */
+  readonly projectSql?: (state: S, events: ReadonlyArray<PendingEvent>) => ReadonlyArray<RawBuilder<unknown>>
+  /** The inline projection as code, for projections that must read first: runs in a transaction. */
   readonly project?: (trx: Transaction<Tables>, stored: ReadonlyArray<EventRow>, state: S) => Promise<void>
   /** What the caller gets back; stored with the idempotency key and returned on a repeat. */
-  readonly result: (state: S, stored: ReadonlyArray<EventRow>) => R
+  readonly result: (state: S, events: ReadonlyArray<PendingEvent>) => R
+  /** The id was just generated: skip loading (a collision still surfaces as a conflict and reloads). */
+  readonly isNew?: boolean
 }
 
 export interface Outcome<R> {
@@ -97,73 +120,144 @@ export const foldRows = <S, E extends DomainEvent>(
   return state
 }
 
-const once = async <S, C, E extends DomainEvent, Err, R>(
+type Plan<S, R> =
+  | { readonly replayed: true; readonly result: R }
+  | { readonly replayed: false; readonly state: S; readonly pending: ReadonlyArray<PendingEvent>; readonly result: R; readonly sequence: number }
+
+/** Loads the aggregate (and a prior result for the idempotency key), folds and decides. */
+const cacheKey = (x: Execution<any, any, any, any, any>) => `${x.aggregate.type}\u0000${x.id}`
+
+const plan = async <S, C, E extends DomainEvent, Err, R>(
+  db: Kysely<Tables> | Transaction<Tables>,
+  registry: EventRegistry,
+  x: Execution<S, C, E, Err, R>,
+  scope: string,
+  cache: AggregateCache
+): Promise<Plan<S, R>> => {
+  if (x.meta.idempotencyKey !== undefined) {
+    const prior = await db.selectFrom("command_results").select("result")
+      .where("scope", "=", scope).where("idempotency_key", "=", x.meta.idempotencyKey).executeTakeFirst()
+    if (prior) return { replayed: true, result: prior.result as R }
+  }
+  const known = x.isNew ? { state: x.aggregate.initialState, sequence: 0 } : cache.get(cacheKey(x)) as { state: S; sequence: number } | undefined
+  let state: S
+  let last: number
+  if (known) {
+    state = known.state
+    last = known.sequence
+  } else {
+    const rows = await loadAggregateEvents(db, { type: x.aggregate.type, id: x.id })
+    state = foldRows(x.aggregate, registry, rows)
+    last = rows.length === 0 ? 0 : rows[rows.length - 1]!.sequence
+  }
+  const decided = Effect.runSyncExit(x.aggregate.decide(x.command, state, x.meta))
+  if (Exit.isFailure(decided)) {
+    const failure = Cause.findErrorOption(decided.cause)
+    if (failure._tag === "Some") throw new DomainRejection(failure.value)
+    throw Cause.squash(decided.cause)
+  }
+  const pending = decided.value.map((e, i): PendingEvent => {
+    const encoded = registry.encode(e.type, e.data)
+    return {
+      id: uuidv7(),
+      aggregateType: x.aggregate.type,
+      aggregateId: x.id,
+      sequence: last + i + 1,
+      type: e.type,
+      schemaVersion: encoded.version,
+      data: encoded.json
+    }
+  })
+  const newState = decided.value.reduce(x.aggregate.evolve, state)
+  return { replayed: false, state: newState, pending, result: x.result(newState, pending), sequence: last + pending.length }
+}
+
+/**
+ * One statement appends the events, writes their outbox rows, records the idempotency
+ * key, runs the SQL projection and queues a NOTIFY for the relay (delivered only if this
+ * commits). Data-modifying CTEs all run, and the statement is atomic on its own.
+ */
+const writeStatement = <R>(
+  x: Execution<any, any, any, any, R>,
+  pending: ReadonlyArray<PendingEvent>,
+  projection: ReadonlyArray<RawBuilder<unknown>>,
+  scope: string,
+  result: R
+) => {
+  const m = x.meta
+  const actor = JSON.stringify(m.actor)
+  const events = sql.join(pending.map((e) =>
+    sql`(${e.id}::uuid, ${m.zoneId}, ${e.aggregateType}, ${e.aggregateId}, ${e.sequence}, ${e.type}, ${e.schemaVersion}, ${m.now}::timestamptz, ${actor}::jsonb, ${m.correlationId}, ${m.causationId ?? null}, ${JSON.stringify(e.data)}::jsonb)`
+  ))
+  const routes = pending.flatMap((e) => x.streams(e).map((stream) => sql`(${e.id}::uuid, ${stream})`))
+  const parts = [
+    sql`e as (insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data)
+      values ${events} returning position, transaction_id, id, aggregate_type, aggregate_id)`,
+    routes.length === 0 ? sql`o as (select 1)` : sql`o as (insert into outbox (producer, stream, event_position, aggregate_key)
+      select ${x.producer}, r.stream, e.position::bigint, e.aggregate_type || '/' || e.aggregate_id
+      from e join (values ${sql.join(routes)}) as r (event_id, stream) on r.event_id = e.id)`,
+    // the leader's own process is woken directly after commit; elsewhere NOTIFY reaches it
+    outboxSignal.leadsHere(x.producer) ? sql`n as (select 1)` : sql`n as (select pg_notify(${OUTBOX_CHANNEL}, ${x.producer}))`,
+    ...projection.map((p, i) => sql`${sql.raw(`p${i}`)} as (${p})`),
+    ...(m.idempotencyKey === undefined ? [] : [
+      sql`k as (insert into command_results (scope, idempotency_key, result) values (${scope}, ${m.idempotencyKey}, ${JSON.stringify(result)}::jsonb))`
+    ])
+  ]
+  // only what the database assigned comes back; the rest of each row is already known here
+  return sql<{ id: string; position: string; transaction_id: string }>`with ${sql.join(parts)}
+    select e.id, e.position::text as position, e.transaction_id::text as transaction_id from e, n`
+}
+
+const runOnce = async <S, C, E extends DomainEvent, Err, R>(
   db: Kysely<Tables>,
   registry: EventRegistry,
-  x: Execution<S, C, E, Err, R>
-): Promise<Outcome<R>> =>
-  db.transaction().execute(async (trx) => {
-    const scope = `${x.aggregate.type}:${x.meta.zoneId}`
-    if (x.meta.idempotencyKey !== undefined) {
-      const prior = await trx.selectFrom("command_results").select("result")
-        .where("scope", "=", scope).where("idempotency_key", "=", x.meta.idempotencyKey).executeTakeFirst()
-      if (prior) return { result: prior.result as R, events: [], replayed: true }
-    }
-    const ref = { type: x.aggregate.type, id: x.id }
-    const rows = await loadAggregateEvents(trx, ref)
-    const state = foldRows(x.aggregate, registry, rows)
-    const decided = Effect.runSyncExit(x.aggregate.decide(x.command, state, x.meta))
-    if (Exit.isFailure(decided)) {
-      const failure = Cause.findErrorOption(decided.cause)
-      if (failure._tag === "Some") throw new DomainRejection(failure.value)
-      throw Cause.squash(decided.cause)
-    }
-    const events = decided.value
-    const newState = events.reduce(x.aggregate.evolve, state)
-    const stored = await appendEvents(
-      trx,
-      ref,
-      rows.length === 0 ? 0 : rows[rows.length - 1]!.sequence,
-      events.map((e) => {
-        const encoded = registry.encode(e.type, e.data)
-        return { type: e.type, schemaVersion: encoded.version, data: encoded.json }
-      }),
-      {
-        zoneId: x.meta.zoneId,
+  x: Execution<S, C, E, Err, R>,
+  cache: AggregateCache
+): Promise<Outcome<R>> => {
+  const scope = `${x.aggregate.type}:${x.meta.zoneId}`
+  let lastPlan: Plan<S, R> | undefined
+  const planned = async (conn: Kysely<Tables> | Transaction<Tables>) => (lastPlan = await plan(conn, registry, x, scope, cache))
+  const write = async (conn: Kysely<Tables> | Transaction<Tables>, p: Plan<S, R>) => {
+    if (p.replayed) return { result: p.result, events: [], replayed: true }
+    if (p.pending.length === 0) return { result: p.result, events: [], replayed: false }
+    try {
+      const projection = x.projectSql ? x.projectSql(p.state, p.pending) : []
+      const { rows } = await writeStatement(x, p.pending, projection, scope, p.result).execute(conn)
+      const assigned = new Map(rows.map((r) => [r.id, r]))
+      const stored = p.pending.map((e): EventRow => ({
+        position: assigned.get(e.id)!.position,
+        transaction_id: assigned.get(e.id)!.transaction_id,
+        id: e.id,
+        zone_id: x.meta.zoneId,
+        aggregate_type: e.aggregateType,
+        aggregate_id: e.aggregateId,
+        sequence: e.sequence,
+        type: e.type,
+        schema_version: e.schemaVersion,
+        occurred_at: x.meta.now,
         actor: x.meta.actor,
-        occurredAt: x.meta.now,
-        correlationId: x.meta.correlationId,
-        causationId: x.meta.causationId ?? null
-      }
-    )
-    if (x.project) await x.project(trx, stored, newState)
-    await writeOutbox(trx, x.producer, stored, x.streams)
-    const result = x.result(newState, stored)
-    if (x.meta.idempotencyKey !== undefined) {
-      await trx.insertInto("command_results")
-        .values({ scope, idempotency_key: x.meta.idempotencyKey, result: JSON.stringify(result) }).execute()
+        correlation_id: x.meta.correlationId,
+        causation_id: x.meta.causationId ?? null,
+        data: e.data
+      }))
+      if (x.project) await x.project(conn as Transaction<Tables>, stored, p.state)
+      return { result: p.result, events: stored, replayed: false }
+    } catch (e) {
+      cache.delete(cacheKey(x))
+      if (isUniqueViolation(e, "events_aggregate_type_aggregate_id_sequence_key")) throw new SequenceConflict(`${x.aggregate.type}/${x.id}`)
+      throw e
     }
-    return { result, events: stored, replayed: false }
-  })
-
-/** Outbox rows for stored events, and a NOTIFY the relay receives when (and only if) this commits. */
-export const writeOutbox = async (
-  trx: Transaction<Tables>,
-  producer: string,
-  stored: ReadonlyArray<EventRow>,
-  streams: (event: EventRow) => ReadonlyArray<string>
-) => {
-  const rows = stored.flatMap((e) =>
-    streams(e).map((stream) => ({
-      producer,
-      stream,
-      event_position: e.position,
-      aggregate_key: `${e.aggregate_type}/${e.aggregate_id}`
-    }))
-  )
-  if (rows.length === 0) return
-  await trx.insertInto("outbox").values(rows).execute()
-  await sql`select pg_notify(${OUTBOX_CHANNEL}, ${producer})`.execute(trx)
+  }
+  // Without a code projection the command needs no transaction: the read is optimistic
+  // (the unique sequence catches a concurrent writer) and the write is one statement.
+  const outcome = x.project === undefined
+    ? await write(db, await planned(db))
+    : await db.transaction().execute(async (trx) => write(trx, await planned(trx)))
+  if (lastPlan && !lastPlan.replayed && lastPlan.pending.length > 0) {
+    cache.set(cacheKey(x), { state: lastPlan.state, sequence: lastPlan.sequence })
+    outboxSignal.committed(x.producer)
+  }
+  return outcome
 }
 
 /**
@@ -179,7 +273,8 @@ export const execute = <S, C, E extends DomainEvent, Err, R>(
   Effect.gen(function*() {
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
       const exit = yield* Effect.exit(Effect.tryPromise({
-        try: () => once(database.db, registry, x),
+        // "new" is a hint for the first try only: after a conflict the aggregate exists
+      try: () => runOnce(database.db, registry, attempt === 1 ? x : { ...x, isNew: false }, cacheFor(database)),
         catch: (e) => e
       }))
       if (Exit.isSuccess(exit)) return exit.value

@@ -52,7 +52,7 @@ export const toEnvelope = (r: EventRow): Envelope => ({
   , data: r.data
 })
 
-const COLUMNS = sql.raw(
+export const EVENT_COLUMNS = sql.raw(
   "position::text as position, transaction_id::text as transaction_id, id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data"
 )
 
@@ -84,7 +84,7 @@ export const appendEvents = async (
     const { rows } = await sql<EventRow>`
       insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data)
       values ${sql.join(values)}
-      returning ${COLUMNS}`.execute(trx)
+      returning ${EVENT_COLUMNS}`.execute(trx)
     return rows
   } catch (e) {
     if (isUniqueViolation(e, "events_aggregate_type_aggregate_id_sequence_key")) throw new SequenceConflict(`${aggregate.type}/${aggregate.id}@${afterSequence + 1}`)
@@ -99,7 +99,7 @@ export const loadAggregateEvents = async (
   upToSequence = 2_147_483_647
 ): Promise<ReadonlyArray<EventRow>> => {
   const { rows } = await sql<EventRow>`
-    select ${COLUMNS} from events
+    select ${EVENT_COLUMNS} from events
     where aggregate_type = ${aggregate.type} and aggregate_id = ${aggregate.id}
       and sequence > ${afterSequence} and sequence <= ${upToSequence}
     order by sequence`.execute(db)
@@ -143,7 +143,7 @@ export const readLog = async (
   if (filter.aggregateId !== undefined) conditions.push(sql`aggregate_id = ${filter.aggregateId}`)
   if (filter.types !== undefined && filter.types.length > 0) conditions.push(sql`type in (${sql.join(filter.types)})`)
   const { rows } = await sql<EventRow>`
-    select ${COLUMNS} from events
+    select ${EVENT_COLUMNS} from events
     where ${sql.join(conditions, sql` and `)}
     order by transaction_id, position
     limit ${limit}`.execute(db)

@@ -15,6 +15,7 @@ import { sql } from "kysely"
 import pg from "pg"
 import type { Envelope } from "../schemas/envelope.ts"
 import { OUTBOX_CHANNEL } from "./command.ts"
+import { outboxSignal } from "./outbox-signal.ts"
 import type { DatabaseShape } from "./db/database.ts"
 import { type EventRow, toEnvelope } from "./eventstore.ts"
 import { sign, type SigningKey } from "./signing.ts"
@@ -90,11 +91,21 @@ export const makeRelay = (opts: RelayOptions): Relay => {
   let stopped = false
   let wake: (() => void) | undefined
   const stats = { published: 0, failed: 0, leader: false }
+  // a commit signalled while a batch is in flight must not wait for the next poll
+  let signalled = false
   const sleep = (ms: number) =>
     new Promise<void>((resolve) => {
+      if (signalled) {
+        signalled = false
+        return resolve()
+      }
       const t = setTimeout(() => { wake = undefined; resolve() }, ms)
-      wake = () => { clearTimeout(t); wake = undefined; resolve() }
+      wake = () => { clearTimeout(t); wake = undefined; signalled = false; resolve() }
     })
+  const signal = () => {
+    signalled = true
+    wake?.()
+  }
   const lockKey = `caracal-relay:${opts.producer}`
 
   /** One batch; returns how many rows it handled (0 = nothing due). */
@@ -127,6 +138,8 @@ export const makeRelay = (opts: RelayOptions): Relay => {
   }
 
   const run = async () => {
+    // commands committed in this process wake the relay directly (see outbox-signal.ts)
+    const unsubscribe = outboxSignal.subscribe(opts.producer, signal)
     let listener: pg.Client | undefined
     let failures = 0
     while (!stopped) {
@@ -136,12 +149,13 @@ export const makeRelay = (opts: RelayOptions): Relay => {
           client.on("error", () => {}) // a dropped connection is noticed by the next query
           await client.connect()
           listener = client
-          client.on("notification", () => wake?.())
+          client.on("notification", signal)
           await client.query(`listen ${OUTBOX_CHANNEL}`)
         }
         if (!stats.leader) {
           const { rows } = await listener.query<{ ok: boolean }>("select pg_try_advisory_lock(hashtext($1)) as ok", [lockKey])
           stats.leader = rows[0]?.ok === true
+          outboxSignal.setLeading(opts.producer, stats.leader)
           if (!stats.leader) {
             await sleep(opts.pollMs)
             continue
@@ -159,11 +173,14 @@ export const makeRelay = (opts: RelayOptions): Relay => {
           await listener.end().catch(() => undefined)
           listener = undefined
           stats.leader = false
+          outboxSignal.setLeading(opts.producer, false)
         }
         // capped low: when Redis or Postgres returns, publishing resumes within seconds
         await sleep(Math.min(5_000, Math.max(50, backoffMs(failures))))
       }
     }
+    unsubscribe()
+    if (stats.leader) outboxSignal.setLeading(opts.producer, false)
     if (listener) await listener.end().catch(() => undefined)
     stats.leader = false
   }
@@ -172,7 +189,7 @@ export const makeRelay = (opts: RelayOptions): Relay => {
     run,
     stop: () => {
       stopped = true
-      wake?.()
+      signal()
     },
     stats
   }

@@ -10,12 +10,13 @@ export const POOL_MAX = 16
 export class DbError extends Schema.TaggedError<DbError>()("DbError", { cause: Schema.Defect() }) {}
 
 // pg returns bigint (int8) as string by default; keep it so positions never lose precision.
-export const makeKysely = (url: string, max = POOL_MAX) =>
-  new Kysely<Tables>({
-    dialect: new PostgresDialect({
-      pool: new pg.Pool({ connectionString: url, max, idleTimeoutMillis: 30_000, connectionTimeoutMillis: 5_000 })
-    })
-  })
+export const makeKysely = (url: string, max = POOL_MAX) => {
+  const pool = new pg.Pool({ connectionString: url, max, idleTimeoutMillis: 30_000, connectionTimeoutMillis: 5_000 })
+  // an idle client dropped by the server (restart, admin termination) must not crash the process;
+  // the next query on the pool gets a fresh connection
+  pool.on("error", () => {})
+  return new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) })
+}
 
 export interface DatabaseShape {
   readonly db: Kysely<Tables>
