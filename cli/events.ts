@@ -281,7 +281,8 @@ export const replayEvents = async (deps: ReplayDeps, opts: ReplayOptions): Promi
   let cursor: LogCursor = LOG_START
   let printed = 0
   for (;;) {
-    const page = await readLog(deps.db, cursor, deps.batchSize ?? 500, filter)
+    // a one-shot listing: everything committed now, not only what is below the horizon
+    const page = await readLog(deps.db, cursor, deps.batchSize ?? 500, { ...filter, horizon: false })
     if (page.length === 0) break
     cursor = cursorOf(page.at(-1)!)
     // commit order is not position order, so a position range cannot end the scan early

@@ -137,9 +137,9 @@ const dlqCommand = Command.make("dlq").pipe(
 // ------------------------------------------------------------------ projections
 
 const rebuild = Command.make("rebuild", { name: Argument.String("name").pipe(Argument.withDescription("the projection")) }, (o) =>
-  using(["db"], ({ db }) => {
+  using(["db"], ({ env, db }) => {
     const projection = findProjection(o.name)
-    return rebuildProjection({ db, registry, out, progress: (chunk) => void process.stderr.write(chunk) }, projection)
+    return rebuildProjection({ db, registry, out, verifier: env.verifier, progress: (chunk) => void process.stderr.write(chunk) }, projection)
   })).pipe(Command.withDescription("drop a Postgres projection and replay the log into it"))
 
 const projectionsCommand = Command.make("projections").pipe(

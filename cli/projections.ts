@@ -4,6 +4,7 @@
 import { type Kysely, sql } from "kysely"
 import type { Tables } from "../core/db/tables.ts"
 import { type CatchUpProgress, type PgProjection, rebuildPostgres } from "../core/projection.ts"
+import type { Verifier } from "../core/signing.ts"
 import type { EventRegistry } from "../schemas/registry.ts"
 import { type Out, UsageError } from "./output.ts"
 
@@ -34,6 +35,8 @@ export interface RebuildDeps {
   readonly progress: (chunk: string) => void
   readonly now?: () => number
   readonly batchSize?: number
+  /** With keys, every log row's MAC is checked and a tampered log stops the rebuild. */
+  readonly verifier?: Verifier | undefined
 }
 
 export const rebuildProjection = async (deps: RebuildDeps, projection: PgProjection): Promise<CatchUpProgress & { readonly ms: number }> => {
@@ -44,6 +47,7 @@ export const rebuildProjection = async (deps: RebuildDeps, projection: PgProject
   deps.progress(`\r${progressBar(0, total)}`)
   const result = await rebuildPostgres(deps.db, deps.registry, projection, {
     ...(deps.batchSize === undefined ? {} : { batchSize: deps.batchSize }),
+    verifier: deps.verifier,
     onProgress: (p) => deps.progress(`\r${progressBar(p.applied, total)}`)
   })
   deps.progress("\n")

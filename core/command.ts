@@ -11,6 +11,7 @@ import type { Actor } from "../schemas/envelope.ts"
 import { type AggregateCache, cacheFor } from "./aggregate-cache.ts"
 import type { DatabaseShape } from "./db/database.ts"
 import { outboxSignal } from "./outbox-signal.ts"
+import { type LoggedFields, logMac, type SigningKey } from "./signing.ts"
 import { DbError } from "./db/database.ts"
 import type { Tables } from "./db/tables.ts"
 import { type EventRow, isUniqueViolation, loadAggregateEvents, SequenceConflict } from "./eventstore.ts"
@@ -77,6 +78,8 @@ export interface Execution<S, C, E extends DomainEvent, Err, R> {
   readonly result: (state: S, events: ReadonlyArray<PendingEvent>) => R
   /** The id was just generated: skip loading (a collision still surfaces as a conflict and reloads). */
   readonly isNew?: boolean
+  /** Signs each event in the log (STREAMS_HMAC_KEY), so tampering in Postgres is detectable. */
+  readonly signer?: SigningKey | undefined
 }
 
 export interface Outcome<R> {
@@ -186,12 +189,13 @@ const writeStatement = <R>(
 ) => {
   const m = x.meta
   const actor = JSON.stringify(m.actor)
-  const events = sql.join(pending.map((e) =>
-    sql`(${e.id}::uuid, ${m.zoneId}, ${e.aggregateType}, ${e.aggregateId}, ${e.sequence}, ${e.type}, ${e.schemaVersion}, ${m.now}::timestamptz, ${actor}::jsonb, ${m.correlationId}, ${m.causationId ?? null}, ${JSON.stringify(e.data)}::jsonb)`
-  ))
+  const events = sql.join(pending.map((e) => {
+    const macText = x.signer ? logMac(x.signer, loggedFields(e, m)) : null
+    return sql`(${e.id}::uuid, ${m.zoneId}, ${e.aggregateType}, ${e.aggregateId}, ${e.sequence}, ${e.type}, ${e.schemaVersion}, ${m.now}::timestamptz, ${actor}::jsonb, ${m.correlationId}, ${m.causationId ?? null}, ${JSON.stringify(e.data)}::jsonb, ${macText}, ${x.signer?.id ?? null})`
+  }))
   const routes = pending.flatMap((e) => x.streams(e).map((stream) => sql`(${e.id}::uuid, ${stream})`))
   const parts = [
-    sql`e as (insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data)
+    sql`e as (insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data, mac, mac_key_id)
       values ${events} returning position, transaction_id, id, aggregate_type, aggregate_id)`,
     routes.length === 0 ? sql`o as (select 1)` : sql`o as (insert into outbox (producer, stream, event_position, aggregate_key)
       select ${x.producer}, r.stream, e.position::bigint, e.aggregate_type || '/' || e.aggregate_id
@@ -207,6 +211,21 @@ const writeStatement = <R>(
   return sql<{ id: string; position: string; transaction_id: string }>`with ${sql.join(parts)}
     select e.id, e.position::text as position, e.transaction_id::text as transaction_id from e, n`
 }
+
+const loggedFields = (e: PendingEvent, m: CommandMeta): LoggedFields => ({
+  id: e.id,
+  type: e.type,
+  schemaVersion: e.schemaVersion,
+  zoneId: m.zoneId,
+  aggregateType: e.aggregateType,
+  aggregateId: e.aggregateId,
+  sequence: e.sequence,
+  occurredAt: m.now.toISOString(),
+  actor: m.actor,
+  correlationId: m.correlationId,
+  causationId: m.causationId ?? null,
+  data: e.data
+})
 
 const runOnce = async <S, C, E extends DomainEvent, Err, R>(
   db: Kysely<Tables>,

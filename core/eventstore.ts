@@ -1,9 +1,9 @@
 // The Postgres event log: append (with optimistic concurrency), load one aggregate, and
 // read the whole log in commit-safe order.
 import { type Kysely, sql, type Transaction } from "kysely"
-import { v7 as uuidv7 } from "uuid"
 import type { Actor, Envelope } from "../schemas/envelope.ts"
 import type { Tables } from "./db/tables.ts"
+import type { LoggedFields } from "./signing.ts"
 
 export interface EventToAppend {
   readonly type: string
@@ -35,7 +35,26 @@ export interface EventRow {
   readonly correlation_id: string
   readonly causation_id: string | null
   readonly data: unknown
+  /** The producer's MAC over the row's logged fields (null when it had no key). */
+  readonly mac?: string | null
+  readonly mac_key_id?: string | null
 }
+
+/** The fields the log MAC covers, read back from a row. */
+export const loggedFieldsOf = (r: EventRow): LoggedFields => ({
+  id: r.id,
+  type: r.type,
+  schemaVersion: r.schema_version,
+  zoneId: r.zone_id,
+  aggregateType: r.aggregate_type,
+  aggregateId: r.aggregate_id,
+  sequence: r.sequence,
+  occurredAt: r.occurred_at.toISOString(),
+  actor: r.actor,
+  correlationId: r.correlation_id,
+  causationId: r.causation_id,
+  data: r.data
+})
 
 export const toEnvelope = (r: EventRow): Envelope => ({
   id: r.id,
@@ -53,7 +72,7 @@ export const toEnvelope = (r: EventRow): Envelope => ({
 })
 
 export const EVENT_COLUMNS = sql.raw(
-  "position::text as position, transaction_id::text as transaction_id, id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data"
+  "position::text as position, transaction_id::text as transaction_id, id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data, mac, mac_key_id"
 )
 
 /** Thrown inside a transaction when another writer appended the same sequence first. */
@@ -64,33 +83,6 @@ export class SequenceConflict extends Error {
 export const isUniqueViolation = (e: unknown, constraint?: string) =>
   typeof e === "object" && e !== null && (e as { code?: string }).code === "23505" &&
   (constraint === undefined || (e as { constraint?: string }).constraint === constraint)
-
-/**
- * Appends events after `afterSequence`. Two writers that loaded the same state both try
- * to insert sequence n+1; the unique constraint lets exactly one commit.
- */
-export const appendEvents = async (
-  trx: Transaction<Tables> | Kysely<Tables>,
-  aggregate: { readonly type: string; readonly id: string },
-  afterSequence: number,
-  events: ReadonlyArray<EventToAppend>,
-  meta: AppendMeta
-): Promise<ReadonlyArray<EventRow>> => {
-  if (events.length === 0) return []
-  const values = events.map((e, i) =>
-    sql`(${uuidv7()}, ${meta.zoneId}, ${aggregate.type}, ${aggregate.id}, ${afterSequence + i + 1}, ${e.type}, ${e.schemaVersion}, ${meta.occurredAt}, ${JSON.stringify(meta.actor)}::jsonb, ${meta.correlationId}, ${meta.causationId}, ${JSON.stringify(e.data)}::jsonb)`
-  )
-  try {
-    const { rows } = await sql<EventRow>`
-      insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data)
-      values ${sql.join(values)}
-      returning ${EVENT_COLUMNS}`.execute(trx)
-    return rows
-  } catch (e) {
-    if (isUniqueViolation(e, "events_aggregate_type_aggregate_id_sequence_key")) throw new SequenceConflict(`${aggregate.type}/${aggregate.id}@${afterSequence + 1}`)
-    throw e
-  }
-}
 
 export const loadAggregateEvents = async (
   db: Transaction<Tables> | Kysely<Tables>,
@@ -115,6 +107,11 @@ export interface LogCursor {
 export const LOG_START: LogCursor = { transactionId: "0", position: "0" }
 
 export interface LogFilter {
+  /**
+   * true (the default) for readers that resume from a cursor: stop below the oldest running
+   * transaction. false for one-shot listings (replay), which show everything committed now.
+   */
+  readonly horizon?: boolean
   readonly zoneId?: string | undefined
   readonly aggregateType?: string | undefined
   readonly aggregateId?: string | undefined
@@ -134,10 +131,9 @@ export const readLog = async (
   limit: number,
   filter: LogFilter = {}
 ): Promise<ReadonlyArray<EventRow>> => {
-  const conditions = [
-    sql`(transaction_id, position) > (${cursor.transactionId}::xid8, ${cursor.position}::bigint)`,
-    sql`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`
-  ]
+  const conditions = [sql`(transaction_id, position) > (${cursor.transactionId}::xid8, ${cursor.position}::bigint)`]
+  // xids are cluster-wide: a long transaction in any database of the cluster holds this back
+  if (filter.horizon !== false) conditions.push(sql`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`)
   if (filter.zoneId !== undefined) conditions.push(sql`zone_id = ${filter.zoneId}`)
   if (filter.aggregateType !== undefined) conditions.push(sql`aggregate_type = ${filter.aggregateType}`)
   if (filter.aggregateId !== undefined) conditions.push(sql`aggregate_id = ${filter.aggregateId}`)
@@ -149,5 +145,9 @@ export const readLog = async (
     limit ${limit}`.execute(db)
   return rows
 }
+
+/** The oldest transaction still running: every row with a lower transaction id has committed or never will. */
+export const logHorizon = async (db: Kysely<Tables> | Transaction<Tables>): Promise<string> =>
+  (await sql<{ x: string }>`select pg_snapshot_xmin(pg_current_snapshot())::text as x`.execute(db)).rows[0]!.x
 
 export const cursorOf = (r: EventRow): LogCursor => ({ transactionId: r.transaction_id, position: r.position })

@@ -11,13 +11,19 @@ import { type Kysely, sql, type Transaction } from "kysely"
 import type { Envelope } from "../schemas/envelope.ts"
 import type { EventRegistry } from "../schemas/registry.ts"
 import type { Tables } from "./db/tables.ts"
-import { cursorOf, type EventRow, LOG_START, type LogCursor, loadAggregateEvents, readLog, toEnvelope } from "./eventstore.ts"
+import { cursorOf, type EventRow, LOG_START, type LogCursor, loadAggregateEvents, loggedFieldsOf, logHorizon, readLog, toEnvelope } from "./eventstore.ts"
+import { type Verdict, type Verifier, verifyLogged } from "./signing.ts"
 
 export interface Projection<Tx> {
   readonly name: string
   /** Event types this projection reacts to; others only advance its checkpoints. */
   readonly handles: ReadonlySet<string>
   readonly apply: (tx: Tx, event: Envelope) => Promise<void> | void
+  /**
+   * Optional: applies many events at once (in order, already deduplicated), e.g. folding
+   * them in memory and writing each row once. Catch-up and rebuild use it when present.
+   */
+  readonly applyBatch?: (tx: Tx, events: ReadonlyArray<Envelope>) => Promise<void> | void
   /** Empties the read model (for a rebuild). */
   readonly reset: (tx: Tx) => Promise<void> | void
 }
@@ -94,14 +100,17 @@ const applyBatch = async (trx: Transaction<Tables>, registry: EventRegistry, pro
     for update of c`.execute(trx)
   const cps = new Map(current.map((c) => [`${c.aggregate_type}\u0000${c.aggregate_id}`, c.sequence]))
   const touched = new Map<string, number>()
+  const todo: Array<Envelope> = []
   for (const row of rows) {
     const key = `${row.aggregate_type}\u0000${row.aggregate_id}`
     const cp = touched.get(key) ?? cps.get(key) ?? 0
     // the log is read in commit order, and an aggregate's events commit in sequence order
     if (row.sequence <= cp) continue
-    if (projection.handles.has(row.type)) await projection.apply(trx, upcastRow(registry, row))
+    if (projection.handles.has(row.type)) todo.push(upcastRow(registry, row))
     touched.set(key, row.sequence)
   }
+  if (projection.applyBatch) await projection.applyBatch(trx, todo)
+  else for (const e of todo) await projection.apply(trx, e)
   if (touched.size > 0) {
     const t = [...touched.entries()]
     await sql`insert into projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
@@ -109,6 +118,33 @@ const applyBatch = async (trx: Transaction<Tables>, registry: EventRegistry, pro
         ${t.map(([k]) => k.split("\u0000")[1]!)}::text[], ${t.map(([, s]) => s)}::int[]) as k(t, i, s)
       on conflict (projection, aggregate_type, aggregate_id) do update set sequence = excluded.sequence`.execute(trx)
   }
+}
+
+/** A log row whose MAC does not match: altered after it was written, or by someone without the key. */
+export class LogTampered extends Error {
+  readonly _tag = "LogTampered"
+  readonly position: string
+  readonly verdict: Verdict
+  constructor(position: string, verdict: Verdict) {
+    super(`event at position ${position} fails verification (${verdict})`)
+    this.position = position
+    this.verdict = verdict
+  }
+}
+
+/** With keys held, every row must carry a valid MAC; a rebuild never applies a forged row. */
+export const verifyRows = (verifier: Verifier | undefined, rows: ReadonlyArray<EventRow>) => {
+  if (!verifier?.enabled) return
+  for (const r of rows) {
+    const verdict = verifyLogged(verifier, loggedFieldsOf(r), r.mac_key_id ?? null, r.mac ?? null)
+    if (verdict !== "valid") throw new LogTampered(r.position, verdict)
+  }
+}
+
+export interface CatchUpOptions {
+  readonly batchSize?: number
+  readonly onProgress?: (p: CatchUpProgress) => void
+  readonly verifier?: Verifier | undefined
 }
 
 export interface CatchUpProgress {
@@ -121,13 +157,14 @@ export const catchUpPostgres = async (
   db: Kysely<Tables>,
   registry: EventRegistry,
   projection: PgProjection,
-  opts: { readonly batchSize?: number; readonly onProgress?: (p: CatchUpProgress) => void } = {}
+  opts: CatchUpOptions = {}
 ): Promise<CatchUpProgress> => {
   let cursor = await loadCursor(db, projection.name)
   let applied = 0
   for (;;) {
     const rows = await readLog(db, cursor, opts.batchSize ?? 2000)
     if (rows.length === 0) break
+    verifyRows(opts.verifier, rows)
     const next = cursorOf(rows[rows.length - 1]!)
     await db.transaction().execute(async (trx) => {
       await applyBatch(trx, registry, projection, rows)
@@ -140,20 +177,42 @@ export const catchUpPostgres = async (
   return { applied, cursor }
 }
 
-/** Drops the read model and its checkpoints, then replays the whole log into it. */
+/**
+ * Drops the read model and its checkpoints and replays the whole log into it, all in one
+ * transaction: readers keep seeing the old state until the new one commits, and a rebuild
+ * that fails (a tampered row, a crash) leaves the old state in place.
+ *
+ * It applies everything committed, but saves as its cursor only the last row below the
+ * horizon taken at the start: a transaction still running then may commit a lower
+ * (transaction id, position) later, and the next catch-up must start before it. What that
+ * catch-up reads twice is skipped by the per-aggregate checkpoints.
+ */
 export const rebuildPostgres = async (
   db: Kysely<Tables>,
   registry: EventRegistry,
   projection: PgProjection,
-  opts: { readonly batchSize?: number; readonly onProgress?: (p: CatchUpProgress) => void } = {}
-): Promise<CatchUpProgress> => {
-  await db.transaction().execute(async (trx) => {
+  opts: CatchUpOptions = {}
+): Promise<CatchUpProgress> =>
+  db.transaction().execute(async (trx) => {
     await projection.reset(trx)
     await sql`delete from projection_checkpoints where projection = ${projection.name}`.execute(trx)
-    await sql`delete from projection_cursors where projection = ${projection.name}`.execute(trx)
+    const horizon = BigInt(await logHorizon(trx))
+    let cursor = LOG_START
+    let safe = LOG_START
+    let applied = 0
+    for (;;) {
+      const rows = await readLog(trx, cursor, opts.batchSize ?? 5000, { horizon: false })
+      if (rows.length === 0) break
+      verifyRows(opts.verifier, rows)
+      await applyBatch(trx, registry, projection, rows)
+      for (const r of rows) if (BigInt(r.transaction_id) < horizon) safe = cursorOf(r)
+      cursor = cursorOf(rows[rows.length - 1]!)
+      applied += rows.length
+      opts.onProgress?.({ applied, cursor })
+    }
+    await saveCursor(trx, projection.name, safe)
+    return { applied, cursor }
   })
-  return catchUpPostgres(db, registry, projection, opts)
-}
 
 // ---------------------------------------------------------------- in-memory projections
 
@@ -189,11 +248,12 @@ export class MemoryProjectionRunner<S> {
     return "applied"
   }
 
-  async catchUp(batchSize = 2000): Promise<number> {
+  async catchUp(batchSize = 2000, verifier?: Verifier): Promise<number> {
     let n = 0
     for (;;) {
       const rows = await readLog(this.db, this.cursor, batchSize)
       if (rows.length === 0) return n
+      verifyRows(verifier, rows)
       for (const row of rows) await this.apply(upcastRow(this.registry, row))
       this.cursor = cursorOf(rows[rows.length - 1]!)
       n += rows.length

@@ -2,6 +2,7 @@
 // message bytes, so an entry copied onto another stream, or re-serialised, fails to verify.
 // Key objects are created once: on Node 24 createSecretKey is several times faster than
 // passing a raw Buffer to createHmac on every call.
+import canonicalize from "canonicalize"
 import { createHash, createHmac, createSecretKey, type KeyObject, timingSafeEqual } from "node:crypto"
 
 export interface SigningKey {
@@ -33,12 +34,41 @@ export class Verifier {
     return this.keys.size > 0
   }
   verify(stream: string, bytes: Buffer | string, kid: string | undefined, sig: string | undefined): Verdict {
+    return this.verifyWith(stream, bytes, kid, sig)
+  }
+  /** The same check with any context string in place of the stream name (e.g. the log's). */
+  verifyWith(context: string, bytes: Buffer | string, kid: string | undefined, sig: string | undefined): Verdict {
     if (kid === undefined || sig === undefined) return "unsigned"
     const key = this.keys.get(kid)
     if (key === undefined) return "unknown_key"
-    const expected = mac(key, stream, bytes)
+    const expected = mac(key, context, bytes)
     const given = Buffer.from(sig, "base64url")
     // constant time: the comparison does not stop at the first differing byte
     return given.length === expected.length && timingSafeEqual(given, expected) ? "valid" : "bad_signature"
   }
 }
+
+/** The fields of an event the producer decides (the database assigns position and transaction id). */
+export interface LoggedFields {
+  readonly id: string
+  readonly type: string
+  readonly schemaVersion: number
+  readonly zoneId: string
+  readonly aggregateType: string
+  readonly aggregateId: string
+  readonly sequence: number
+  readonly occurredAt: string
+  readonly actor: unknown
+  readonly correlationId: string
+  readonly causationId: string | null
+  readonly data: unknown
+}
+
+// Canonical JSON (RFC 8785): jsonb reorders keys and drops whitespace, so the MAC must
+// cover a form that survives the round trip through Postgres.
+const LOG_CONTEXT = "caracal-log-v1"
+export const logMac = (k: SigningKey, f: LoggedFields): string =>
+  mac(k.key, LOG_CONTEXT, canonicalize(f) ?? "").toString("base64url")
+
+export const verifyLogged = (v: Verifier, f: LoggedFields, kid: string | null, sig: string | null): Verdict =>
+  v.verifyWith(LOG_CONTEXT, canonicalize(f) ?? "", kid ?? undefined, sig ?? undefined)

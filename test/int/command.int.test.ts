@@ -104,7 +104,13 @@ describe("the event log", () => {
       await h.run("early", { _tag: "Open", owner: "e" })
       const whileOpen = await readLog(db, cursor, 100)
       await sql`commit`.execute(c)
-      const afterCommit = await readLog(db, cursor, 100)
+      // xids are cluster-wide: a transaction open in another database (a parallel test file)
+      // also holds the reader back, so wait for the horizon to pass rather than read once
+      let afterCommit = await readLog(db, cursor, 100)
+      for (let i = 0; i < 200 && afterCommit.length < 2; i++) {
+        await new Promise((r) => setTimeout(r, 50))
+        afterCommit = await readLog(db, cursor, 100)
+      }
       return { whileOpen, afterCommit }
     })
     expect(conn.whileOpen.map((r) => r.aggregate_id)).toEqual([])

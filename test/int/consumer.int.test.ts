@@ -3,7 +3,7 @@
 import { sql } from "kysely"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import type { ReceivedEvent } from "../../core/consumer.ts"
-import { applyToPostgres, catchUpPostgres, rebuildPostgres } from "../../core/projection.ts"
+import { applyToPostgres, catchUpPostgres, LogTampered, rebuildPostgres } from "../../core/projection.ts"
 import { entryFields } from "../../core/relay.ts"
 import { sign } from "../../core/signing.ts"
 import { makeHarness, type Harness, until } from "../fixtures/harness.ts"
@@ -198,5 +198,30 @@ describe("a projection that catches up from the log and then follows the stream"
       consumer.stop()
       await Promise.all(runs)
     }
+  })
+})
+
+describe("when a row of the log was altered in Postgres", () => {
+  it("a verified rebuild refuses it, names its position and leaves the previous state in place", async () => {
+    for (let i = 0; i < 5; i++) {
+      await h.run(`mac-${i}`, { _tag: "Open", owner: "m" })
+      await h.run(`mac-${i}`, { _tag: "Deposit", amount: 10 })
+    }
+    const projection = await fresh("p_mac")
+    const first = await rebuildPostgres(h.db.database.db, registry, projection, { verifier: h.verifier })
+    expect(first.applied).toBe(10)
+    const before = await table("p_mac")
+    expect(before).toEqual(await table("balances"))
+    // someone with table rights rewrites a deposit behind the application's back
+    const db = h.db.database.db
+    await sql`alter table events disable trigger events_no_update`.execute(db)
+    const { rows } = await sql<{ position: string }>`update events set data = '{"amount": 1000000}'
+      where aggregate_id = 'mac-3' and sequence = 2 returning position::text`.execute(db)
+    await sql`alter table events enable trigger events_no_update`.execute(db)
+    const error = await rebuildPostgres(db, registry, projection, { verifier: h.verifier }).then(() => undefined, (e: unknown) => e)
+    expect(error).toBeInstanceOf(LogTampered)
+    expect((error as LogTampered).position).toBe(rows[0]!.position)
+    expect((error as LogTampered).verdict).toBe("bad_signature")
+    expect(await table("p_mac")).toEqual(before)
   })
 })
