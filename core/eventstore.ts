@@ -141,7 +141,8 @@ export const readLog = async (
   const { rows } = await sql<EventRow>`
     select ${EVENT_COLUMNS} from events
     where ${sql.join(conditions, sql` and `)}
-    order by transaction_id, position
+    -- qualified: a bare name would sort by the text aliases in EVENT_COLUMNS ("10" < "9")
+    order by events.transaction_id, events.position
     limit ${limit}`.execute(db)
   return rows
 }

@@ -86,6 +86,23 @@ describe("when a command is retried with the same idempotency key", () => {
 })
 
 describe("the event log", () => {
+  it("is read whole and in order in small batches, past positions of every digit count", async () => {
+    const db = h.db.database.db
+    await sql`insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, data)
+      select gen_random_uuid(), 'z1', 'bulk', 'b' || g, 1, 'AccountOpened', 1, now(), '{"kind":"t","id":"t"}', 'c', '{"owner":"b"}'
+      from generate_series(1, 1500) g`.execute(db)
+    let cursor = LOG_START
+    const positions: Array<number> = []
+    for (;;) {
+      const rows = await readLog(db, cursor, 97, { horizon: false, aggregateType: "bulk" })
+      if (rows.length === 0) break
+      positions.push(...rows.map((r) => Number(r.position)))
+      cursor = { transactionId: rows.at(-1)!.transaction_id, position: rows.at(-1)!.position }
+    }
+    expect(positions).toHaveLength(1500)
+    for (let i = 1; i < positions.length; i++) expect(positions[i]).toBeGreaterThan(positions[i - 1]!)
+  })
+
   it("refuses updates and deletes", async () => {
     await expect(sql`update events set type = 'X' where aggregate_id = 'a1'`.execute(h.db.database.db)).rejects.toThrow(/append-only/)
     await expect(sql`delete from events where aggregate_id = 'a1'`.execute(h.db.database.db)).rejects.toThrow(/append-only/)
