@@ -11,7 +11,7 @@ import { report } from "./lib.ts"
 
 const N = Number(process.env.BENCH_N ?? 1_000_000)
 const PER_ACCOUNT = 10
-const BATCH = 5000
+const BATCH = 10_000
 const db = await freshDatabase("bench_rebuild")
 const kdb = db.database.db
 await ledgerTable("balances").execute(kdb)
@@ -68,6 +68,7 @@ const rebuild = async () => {
 await readOnly() // warm the cache
 const ceilingS = await readOnly()
 const rebuildS = await rebuild()
+if (process.env.BENCH_DEBUG) { const s = performance.now(); await rebuildPostgres(kdb, registry, projection, { batchSize: BATCH }); process.stderr.write(`unverified: ${((performance.now() - s) / 1000).toFixed(2)} s\n`) }
 const check = await sql<{ n: string; total: string }>`select count(*)::text as n, sum(balance)::text as total from balances`.execute(kdb)
 if (check.rows[0]!.n !== String(N / PER_ACCOUNT) || check.rows[0]!.total !== String((N / PER_ACCOUNT) * (PER_ACCOUNT - 1))) {
   throw new Error(`rebuild result is wrong: ${JSON.stringify(check.rows[0])}`)

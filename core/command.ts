@@ -253,7 +253,7 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
         sequence: e.sequence,
         type: e.type,
         schema_version: e.schemaVersion,
-        occurred_at: x.meta.now,
+        occurred_at: x.meta.now.toISOString(),
         actor: x.meta.actor,
         correlation_id: x.meta.correlationId,
         causation_id: x.meta.causationId ?? null,

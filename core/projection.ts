@@ -89,16 +89,26 @@ const loadCursor = async (db: Kysely<Tables>, projection: string): Promise<LogCu
  * batch and written once at its end, so catch-up and rebuild cost one statement per
  * aggregate per batch, not three per event.
  */
-const applyBatch = async (trx: Transaction<Tables>, registry: EventRegistry, projection: PgProjection, rows: ReadonlyArray<EventRow>) => {
-  const keys = [...new Set(rows.map((r) => `${r.aggregate_type}\u0000${r.aggregate_id}`))]
-  const types = keys.map((k) => k.split("\u0000")[0]!)
-  const ids = keys.map((k) => k.split("\u0000")[1]!)
-  const { rows: current } = await sql<{ aggregate_type: string; aggregate_id: string; sequence: number }>`
-    select c.aggregate_type, c.aggregate_id, c.sequence from projection_checkpoints c
-    join unnest(${types}::text[], ${ids}::text[]) as k(t, i) on c.aggregate_type = k.t and c.aggregate_id = k.i
-    where c.projection = ${projection.name}
-    for update of c`.execute(trx)
-  const cps = new Map(current.map((c) => [`${c.aggregate_type}\u0000${c.aggregate_id}`, c.sequence]))
+const applyBatch = async (
+  trx: Transaction<Tables>,
+  registry: EventRegistry,
+  projection: PgProjection,
+  rows: ReadonlyArray<EventRow>,
+  /** Checkpoints the caller already knows (a rebuild starts from none): skips reading them. */
+  known?: Map<string, number>
+) => {
+  let cps = known
+  if (cps === undefined) {
+    const keys = [...new Set(rows.map((r) => `${r.aggregate_type}\u0000${r.aggregate_id}`))]
+    const types = keys.map((k) => k.split("\u0000")[0]!)
+    const ids = keys.map((k) => k.split("\u0000")[1]!)
+    const { rows: current } = await sql<{ aggregate_type: string; aggregate_id: string; sequence: number }>`
+      select c.aggregate_type, c.aggregate_id, c.sequence from projection_checkpoints c
+      join unnest(${types}::text[], ${ids}::text[]) as k(t, i) on c.aggregate_type = k.t and c.aggregate_id = k.i
+      where c.projection = ${projection.name}
+      for update of c`.execute(trx)
+    cps = new Map(current.map((c) => [`${c.aggregate_type}\u0000${c.aggregate_id}`, c.sequence]))
+  }
   const touched = new Map<string, number>()
   const todo: Array<Envelope> = []
   for (const row of rows) {
@@ -111,6 +121,7 @@ const applyBatch = async (trx: Transaction<Tables>, registry: EventRegistry, pro
   }
   if (projection.applyBatch) await projection.applyBatch(trx, todo)
   else for (const e of todo) await projection.apply(trx, e)
+  if (known) for (const [k, v] of touched) known.set(k, v)
   if (touched.size > 0) {
     const t = [...touched.entries()]
     await sql`insert into projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
@@ -200,11 +211,21 @@ export const rebuildPostgres = async (
     let cursor = LOG_START
     let safe = LOG_START
     let applied = 0
+    const read = (after: LogCursor) => {
+      const p = readLog(trx, after, opts.batchSize ?? 10_000, { horizon: false })
+      p.catch(() => {}) // an abandoned prefetch (the rebuild failed) must not surface as unhandled
+      return p
+    }
+    // the rebuild deleted every checkpoint: it tracks them itself instead of reading them back
+    const checkpoints = new Map<string, number>()
+    let next = read(cursor)
     for (;;) {
-      const rows = await readLog(trx, cursor, opts.batchSize ?? 5000, { horizon: false })
+      const rows = await next
       if (rows.length === 0) break
+      // queue the next read now: Postgres fetches it while this batch is verified and decoded
+      next = read(cursorOf(rows[rows.length - 1]!))
       verifyRows(opts.verifier, rows)
-      await applyBatch(trx, registry, projection, rows)
+      await applyBatch(trx, registry, projection, rows, checkpoints)
       for (const r of rows) if (BigInt(r.transaction_id) < horizon) safe = cursorOf(r)
       cursor = cursorOf(rows[rows.length - 1]!)
       applied += rows.length

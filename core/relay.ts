@@ -17,7 +17,7 @@ import type { Envelope } from "../schemas/envelope.ts"
 import { OUTBOX_CHANNEL } from "./command.ts"
 import { outboxSignal } from "./outbox-signal.ts"
 import type { DatabaseShape } from "./db/database.ts"
-import { type EventRow, toEnvelope } from "./eventstore.ts"
+import { type EventRow, OCCURRED_AT_ISO, toEnvelope } from "./eventstore.ts"
 import { sign, type SigningKey } from "./signing.ts"
 
 export interface RelayOptions {
@@ -54,7 +54,7 @@ const claim = (database: DatabaseShape, producer: string, limit: number) =>
   sql<ClaimedRow>`
     select o.id::text as outbox_id, o.stream, o.attempts,
       e.position::text as position, e.transaction_id::text as transaction_id, e.id, e.zone_id, e.aggregate_type,
-      e.aggregate_id, e.sequence, e.type, e.schema_version, e.occurred_at, e.actor, e.correlation_id, e.causation_id, e.data
+      e.aggregate_id, e.sequence, e.type, e.schema_version, ${sql.raw(OCCURRED_AT_ISO("e.occurred_at"))} as occurred_at, e.actor, e.correlation_id, e.causation_id, e.data
     from outbox o join events e on e.position = o.event_position
     where o.producer = ${producer} and o.status = 'pending' and o.next_attempt_at <= now()
       and not exists (

@@ -24,6 +24,9 @@ export interface Decoded {
 
 export class EventRegistry {
   private readonly byType = new Map<string, Array<EventVersion>>()
+  // built once per version: making a decoder per call dominated the cost of a rebuild
+  private readonly decoders = new Map<EventVersion, (u: unknown) => Result.Result<unknown, Schema.SchemaError>>()
+  private readonly encoders = new Map<EventVersion, (u: unknown) => unknown>()
 
   register(...versions: ReadonlyArray<EventVersion<any>>): this {
     for (const v of versions) {
@@ -32,6 +35,8 @@ export class EventRegistry {
       if (v.version > 1 && v.upcast === undefined) throw new Error(`${v.type} v${v.version} needs an upcaster from v${v.version - 1}`)
       list.push(v as EventVersion)
       this.byType.set(v.type, list)
+      this.decoders.set(v as EventVersion, Schema.decodeUnknownResult(v.data))
+      this.encoders.set(v as EventVersion, Schema.encodeUnknownSync(v.data))
     }
     return this
   }
@@ -54,7 +59,7 @@ export class EventRegistry {
     if (list === undefined) return Result.fail({ reason: "unknown_event_type", detail: type })
     const def = list[version - 1]
     if (def === undefined) return Result.fail({ reason: "unknown_event_version", detail: `${type} v${version}` })
-    const first = Schema.decodeUnknownResult(def.data)(data)
+    const first = this.decoders.get(def)!(data)
     if (Result.isFailure(first)) return Result.fail({ reason: "invalid_event_data", detail: `${type} v${version}: ${first.failure.message}` })
     let current: unknown = first.success
     for (let v = version + 1; v <= list.length; v++) current = list[v - 1]!.upcast!(current)
@@ -66,6 +71,6 @@ export class EventRegistry {
     const list = this.byType.get(type)
     if (list === undefined) throw new Error(`unregistered event type ${type}`)
     const def = list[list.length - 1]!
-    return { version: list.length, json: Schema.encodeUnknownSync(def.data)(data) }
+    return { version: list.length, json: this.encoders.get(def)!(data) }
   }
 }

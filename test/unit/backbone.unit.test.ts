@@ -107,3 +107,21 @@ describe("generated JSON Schema", () => {
     }
   })
 })
+
+describe("canonical JSON for log MACs", () => {
+  it("sorts keys at every depth, keeps array order, and serialises scalars as ECMAScript does", async () => {
+    const { canonicalJson } = await import("../../core/signing.ts")
+    expect(canonicalJson({ b: 1, a: [3, { d: "x", c: null }], "é": true, A: 1.5e21, z: undefined })).toBe(
+      '{"A":1.5e+21,"a":[3,{"c":null,"d":"x"}],"b":1,"é":true}'
+    )
+    expect(canonicalJson("line\nbreak \u2028")).toBe(JSON.stringify("line\nbreak \u2028"))
+  })
+  it("the log's fixed-shape serialiser equals the generic one", async () => {
+    const { canonicalJson, canonicalLogged } = await import("../../core/signing.ts")
+    const f = {
+      id: "i", type: "T", schemaVersion: 2, zoneId: "z", aggregateType: "a", aggregateId: "b\"c", sequence: 7,
+      occurredAt: "2026-01-01T00:00:00.000Z", actor: { kind: "k", id: "i" }, correlationId: "c", causationId: null, data: { y: [1, 2], x: { q: 1 } }
+    }
+    expect(canonicalLogged(f)).toBe(canonicalJson(f))
+  })
+})
