@@ -27,6 +27,12 @@ export interface ConsumerOptions {
   /** When it holds keys, every entry must carry a valid signature. */
   readonly verifier?: Verifier | undefined
   readonly handle: (event: ReceivedEvent) => Promise<void>
+  /**
+   * Optional: handles a whole read at once (one transaction for a projection). If it fails,
+   * the entries are retried one by one through `handle`, so one bad entry cannot hold back
+   * the others.
+   */
+  readonly handleBatch?: (events: ReadonlyArray<ReceivedEvent>) => Promise<void>
   readonly deadLetterStream: (stream: string) => string
   readonly count?: number
   readonly blockMs?: number
@@ -142,6 +148,36 @@ export const makeConsumer = (opts: ConsumerOptions): Consumer => {
     }
   }
 
+  /** First deliveries in one call; poison is parked first, the rest handled and acknowledged together. */
+  const processBatch = async (stream: string, entries: Array<Entry>): Promise<void> => {
+    const good: Array<ReceivedEvent> = []
+    const raws = new Map<string, Array<string>>()
+    const gone: Array<string> = [] // trimmed or deleted while pending: nothing to apply
+    for (const [id, raw] of entries) {
+      if (raw === null) {
+        gone.push(id)
+        continue
+      }
+      const c = classify(stream, id, raw, opts.registry, opts.verifier)
+      if (c.ok) {
+        good.push(c.event)
+        raws.set(id, raw)
+      } else await deadLetter(stream, id, raw, c.reason)
+    }
+    try {
+      if (good.length > 0) await opts.handleBatch!(good)
+    } catch (e) {
+      opts.onError?.(e, good[0]!.entryId)
+      // one at a time instead, so that a single failing entry cannot hold back the others
+      for (const g of good) await process1(stream, g.entryId, raws.get(g.entryId)!, 1)
+      if (gone.length > 0) await opts.redis.xack(stream, opts.group, ...gone)
+      return
+    }
+    const ack = [...good.map((g) => g.entryId), ...gone]
+    if (ack.length > 0) await opts.redis.xack(stream, opts.group, ...ack)
+    stats.handled += good.length
+  }
+
   const deliveriesOf = async (stream: string, ids: ReadonlyArray<string>) => {
     const out = new Map<string, number>()
     if (ids.length === 0) return out
@@ -197,6 +233,10 @@ export const makeConsumer = (opts: ConsumerOptions): Consumer => {
           const replaying = ids[opts.streams.indexOf(stream)] !== ">"
           if (replaying && entries.length > 0) ownPendingLeft = true
           const counts = replaying ? await deliveriesOf(stream, entries.map((e) => e[0])) : undefined
+          if (!replaying && opts.handleBatch && entries.length > 1) {
+            await processBatch(stream, entries as Array<Entry>)
+            continue
+          }
           for (const [id, raw] of entries) await process1(stream, id, raw as Array<string> | null, counts?.get(id) ?? 1)
         }
         if (!ownPendingLeft) ids = opts.streams.map(() => ">")

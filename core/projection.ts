@@ -40,39 +40,6 @@ export const upcastRow = (registry: EventRegistry, row: EventRow): Envelope => {
 
 export type PgProjection = Projection<Transaction<Tables>>
 
-const lockCheckpoint = async (trx: Transaction<Tables>, projection: string, type: string, id: string): Promise<number> => {
-  await sql`insert into projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
-    values (${projection}, ${type}, ${id}, 0) on conflict do nothing`.execute(trx)
-  const { rows } = await sql<{ sequence: number }>`select sequence from projection_checkpoints
-    where projection = ${projection} and aggregate_type = ${type} and aggregate_id = ${id} for update`.execute(trx)
-  return rows[0]?.sequence ?? 0
-}
-
-export type ApplyOutcome = "applied" | "duplicate"
-
-/** Applies one event (and any missing predecessors) exactly once, in one transaction. */
-export const applyToPostgres = (
-  db: Kysely<Tables>,
-  registry: EventRegistry,
-  projection: PgProjection,
-  event: Envelope
-): Promise<ApplyOutcome> =>
-  db.transaction().execute(async (trx) => {
-    const { type, id } = event.aggregate
-    const checkpoint = await lockCheckpoint(trx, projection.name, type, id)
-    if (event.sequence <= checkpoint) return "duplicate"
-    if (event.sequence > checkpoint + 1) {
-      for (const row of await loadAggregateEvents(trx, event.aggregate, checkpoint, event.sequence - 1)) {
-        const missing = upcastRow(registry, row)
-        if (projection.handles.has(missing.type)) await projection.apply(trx, missing)
-      }
-    }
-    if (projection.handles.has(event.type)) await projection.apply(trx, event)
-    await sql`update projection_checkpoints set sequence = ${event.sequence}
-      where projection = ${projection.name} and aggregate_type = ${type} and aggregate_id = ${id}`.execute(trx)
-    return "applied"
-  })
-
 const saveCursor = (trx: Transaction<Tables>, projection: string, c: LogCursor) =>
   sql`insert into projection_cursors (projection, transaction_id, position) values (${projection}, ${c.transactionId}::xid8, ${c.position}::bigint)
     on conflict (projection) do update set transaction_id = excluded.transaction_id, position = excluded.position, updated_at = now()`.execute(trx)
@@ -84,40 +51,81 @@ const loadCursor = async (db: Kysely<Tables>, projection: string): Promise<LogCu
   return r ? { transactionId: r.transaction_id, position: r.position } : LOG_START
 }
 
+/** What batch application needs of an event, whether it came from the log or a stream. */
+interface Item {
+  readonly aggregateType: string
+  readonly aggregateId: string
+  readonly sequence: number
+  readonly type: string
+  readonly envelope: () => Envelope
+}
+
+const rowItem = (registry: EventRegistry, r: EventRow): Item => ({
+  aggregateType: r.aggregate_type,
+  aggregateId: r.aggregate_id,
+  sequence: r.sequence,
+  type: r.type,
+  envelope: () => upcastRow(registry, r)
+})
+
+const envelopeItem = (e: Envelope): Item => ({
+  aggregateType: e.aggregate.type,
+  aggregateId: e.aggregate.id,
+  sequence: e.sequence,
+  type: e.type,
+  envelope: () => e
+})
+
+const keyOf = (type: string, id: string) => `${type}\u0000${id}`
+
+/** Creates missing checkpoint rows, then locks them all: two batches of one aggregate serialise here. */
+const lockCheckpoints = async (trx: Transaction<Tables>, projection: string, items: ReadonlyArray<Item>) => {
+  const keys = [...new Set(items.map((i) => keyOf(i.aggregateType, i.aggregateId)))]
+  const types = keys.map((k) => k.split("\u0000")[0]!)
+  const ids = keys.map((k) => k.split("\u0000")[1]!)
+  await sql`insert into projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
+    select ${projection}, k.t, k.i, 0 from unnest(${types}::text[], ${ids}::text[]) as k(t, i)
+    on conflict do nothing`.execute(trx)
+  const { rows } = await sql<{ aggregate_type: string; aggregate_id: string; sequence: number }>`
+    select c.aggregate_type, c.aggregate_id, c.sequence from projection_checkpoints c
+    join unnest(${types}::text[], ${ids}::text[]) as k(t, i) on c.aggregate_type = k.t and c.aggregate_id = k.i
+    where c.projection = ${projection}
+    order by c.aggregate_type, c.aggregate_id
+    for update of c`.execute(trx)
+  return new Map(rows.map((c) => [keyOf(c.aggregate_type, c.aggregate_id), c.sequence]))
+}
+
 /**
- * Applies a batch of log rows in one transaction. Checkpoints are kept in memory for the
- * batch and written once at its end, so catch-up and rebuild cost one statement per
- * aggregate per batch, not three per event.
+ * Applies a batch in one transaction with the once-only rule per aggregate: duplicates are
+ * skipped, a gap is filled from the log first. Checkpoints are read (and locked) once and
+ * written once per batch, so catch-up, rebuild and stream batches cost a few statements
+ * per batch rather than three per event.
  */
 const applyBatch = async (
   trx: Transaction<Tables>,
   registry: EventRegistry,
   projection: PgProjection,
-  rows: ReadonlyArray<EventRow>,
-  /** Checkpoints the caller already knows (a rebuild starts from none): skips reading them. */
+  items: ReadonlyArray<Item>,
+  /** Checkpoints the caller already holds (a rebuild starts from none): skips reading them. */
   known?: Map<string, number>
 ) => {
-  let cps = known
-  if (cps === undefined) {
-    const keys = [...new Set(rows.map((r) => `${r.aggregate_type}\u0000${r.aggregate_id}`))]
-    const types = keys.map((k) => k.split("\u0000")[0]!)
-    const ids = keys.map((k) => k.split("\u0000")[1]!)
-    const { rows: current } = await sql<{ aggregate_type: string; aggregate_id: string; sequence: number }>`
-      select c.aggregate_type, c.aggregate_id, c.sequence from projection_checkpoints c
-      join unnest(${types}::text[], ${ids}::text[]) as k(t, i) on c.aggregate_type = k.t and c.aggregate_id = k.i
-      where c.projection = ${projection.name}
-      for update of c`.execute(trx)
-    cps = new Map(current.map((c) => [`${c.aggregate_type}\u0000${c.aggregate_id}`, c.sequence]))
-  }
+  if (items.length === 0) return 0
+  const cps = known ?? (await lockCheckpoints(trx, projection.name, items))
   const touched = new Map<string, number>()
   const todo: Array<Envelope> = []
-  for (const row of rows) {
-    const key = `${row.aggregate_type}\u0000${row.aggregate_id}`
+  for (const item of items) {
+    const key = keyOf(item.aggregateType, item.aggregateId)
     const cp = touched.get(key) ?? cps.get(key) ?? 0
-    // the log is read in commit order, and an aggregate's events commit in sequence order
-    if (row.sequence <= cp) continue
-    if (projection.handles.has(row.type)) todo.push(upcastRow(registry, row))
-    touched.set(key, row.sequence)
+    if (item.sequence <= cp) continue
+    if (item.sequence > cp + 1) {
+      // an earlier event of this aggregate has not reached us yet: take it from the log
+      const ref = { type: item.aggregateType, id: item.aggregateId }
+      for (const row of await loadAggregateEvents(trx, ref, cp, item.sequence - 1)) {
+        if (projection.handles.has(row.type)) todo.push(upcastRow(registry, row))
+      }
+    }
+    if (projection.handles.has(item.type)) todo.push(item.envelope())
+    touched.set(key, item.sequence)
   }
   if (projection.applyBatch) await projection.applyBatch(trx, todo)
   else for (const e of todo) await projection.apply(trx, e)
@@ -129,7 +137,29 @@ const applyBatch = async (
         ${t.map(([k]) => k.split("\u0000")[1]!)}::text[], ${t.map(([, s]) => s)}::int[]) as k(t, i, s)
       on conflict (projection, aggregate_type, aggregate_id) do update set sequence = excluded.sequence`.execute(trx)
   }
+  return touched.size
 }
+
+export type ApplyOutcome = "applied" | "duplicate"
+
+/** Applies one event (and any missing predecessors) exactly once, in one transaction. */
+export const applyToPostgres = (
+  db: Kysely<Tables>,
+  registry: EventRegistry,
+  projection: PgProjection,
+  event: Envelope
+): Promise<ApplyOutcome> =>
+  db.transaction().execute(async (trx) =>
+    (await applyBatch(trx, registry, projection, [envelopeItem(event)])) > 0 ? "applied" : "duplicate")
+
+/** Applies a batch of delivered events (a consumer's read) exactly once, in one transaction. */
+export const applyDeliveredToPostgres = (
+  db: Kysely<Tables>,
+  registry: EventRegistry,
+  projection: PgProjection,
+  events: ReadonlyArray<Envelope>
+): Promise<number> =>
+  db.transaction().execute((trx) => applyBatch(trx, registry, projection, events.map(envelopeItem)))
 
 /** A log row whose MAC does not match: altered after it was written, or by someone without the key. */
 export class LogTampered extends Error {
@@ -178,7 +208,7 @@ export const catchUpPostgres = async (
     verifyRows(opts.verifier, rows)
     const next = cursorOf(rows[rows.length - 1]!)
     await db.transaction().execute(async (trx) => {
-      await applyBatch(trx, registry, projection, rows)
+      await applyBatch(trx, registry, projection, rows.map((r) => rowItem(registry, r)))
       await saveCursor(trx, projection.name, next)
     })
     cursor = next
@@ -225,7 +255,7 @@ export const rebuildPostgres = async (
       // queue the next read now: Postgres fetches it while this batch is verified and decoded
       next = read(cursorOf(rows[rows.length - 1]!))
       verifyRows(opts.verifier, rows)
-      await applyBatch(trx, registry, projection, rows, checkpoints)
+      await applyBatch(trx, registry, projection, rows.map((r) => rowItem(registry, r)), checkpoints)
       for (const r of rows) if (BigInt(r.transaction_id) < horizon) safe = cursorOf(r)
       cursor = cursorOf(rows[rows.length - 1]!)
       applied += rows.length
