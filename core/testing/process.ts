@@ -51,8 +51,9 @@ export interface RunningService {
   readonly stop: (signal?: NodeJS.Signals) => Promise<number | string>
 }
 
-const launch = (service: string, env: Record<string, string>) => {
-  const child = spawn(nodeBinary(), [path.join(repoRoot, "services", service, "main.ts")], {
+/** Runs a TypeScript entry point of this repository (a service, the CLI) as its own process. */
+export const spawnScript = (script: string, args: ReadonlyArray<string>, env: Record<string, string>) => {
+  const child = spawn(nodeBinary(), [path.join(repoRoot, script), ...args], {
     cwd: repoRoot,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", ...env },
     stdio: ["ignore", "pipe", "pipe"]
@@ -66,14 +67,20 @@ const launch = (service: string, env: Record<string, string>) => {
   return { child, stdout: () => out, stderr: () => err, exited }
 }
 
-/** Runs a service that is expected to stop by itself (e.g. refuse its configuration). */
-export const runToExit = async (service: string, env: Record<string, string>, timeoutMs = 20_000) => {
-  const p = launch(service, env)
+/** Runs a script to its end (killed after `timeoutMs`): exit code or signal, and its output. */
+export const runScript = async (script: string, args: ReadonlyArray<string>, env: Record<string, string>, timeoutMs = 20_000) => {
+  const p = spawnScript(script, args, env)
   const timer = setTimeout(() => p.child.kill("SIGKILL"), timeoutMs)
   const code = await p.exited
   clearTimeout(timer)
   return { code, stdout: p.stdout(), stderr: p.stderr() }
 }
+
+const launch = (service: string, env: Record<string, string>) => spawnScript(`services/${service}/main.ts`, [], env)
+
+/** Runs a service that is expected to stop by itself (e.g. refuse its configuration). */
+export const runToExit = (service: string, env: Record<string, string>, timeoutMs = 20_000) =>
+  runScript(`services/${service}/main.ts`, [], env, timeoutMs)
 
 /** Starts a service on a free port and waits until it accepts connections. */
 export const startService = async (

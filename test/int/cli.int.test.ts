@@ -2,13 +2,11 @@
 // tampered entry), tail and follow, dead outbox rows, dead letters, projection rebuild,
 // consumer lag, and the real process wired end to end.
 import { randomBytes } from "node:crypto"
-import { spawn } from "node:child_process"
-import path from "node:path"
 import { sql } from "kysely"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { entryFields } from "../../core/relay.ts"
 import { signingKey, Verifier } from "../../core/signing.ts"
-import { nodeBinary, repoRoot, stackEnv } from "../../core/testing/index.ts"
+import { runScript, spawnScript, stackEnv } from "../../core/testing/index.ts"
 import { groupLags, printLag } from "../../cli/consumers.ts"
 import { findDeadLetter, listDeadLetters, printDeadLetters, requeueDeadLetter, showDeadLetter } from "../../cli/dlq.ts"
 import { replayEvents, tailEvents } from "../../cli/events.ts"
@@ -84,28 +82,7 @@ const summary = (rows: Awaited<ReturnType<typeof replayJson>>) => rows.map((e) =
 
 const keyHex = (k = h.signer) => k.key.export().toString("hex")
 
-interface Exit { code: number | null; stdout: string; stderr: string }
-const start = (args: ReadonlyArray<string>, env: Record<string, string>) => {
-  const child = spawn(nodeBinary(), [path.join(repoRoot, "cli/main.ts"), ...args], {
-    cwd: repoRoot,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", ...env },
-    stdio: ["ignore", "pipe", "pipe"]
-  })
-  let stdout = ""
-  let stderr = ""
-  child.stdout.on("data", (b: Buffer) => (stdout += b.toString()))
-  child.stderr.on("data", (b: Buffer) => (stderr += b.toString()))
-  const timer = setTimeout(() => child.kill("SIGKILL"), 20_000)
-  const done = new Promise<Exit>((resolve, reject) => {
-    child.once("error", reject)
-    child.once("exit", (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout, stderr })
-    })
-  })
-  return { done, stdout: () => stdout }
-}
-const cli = (args: ReadonlyArray<string>, env: Record<string, string>) => start(args, env).done
+const cli = (args: ReadonlyArray<string>, env: Record<string, string>) => runScript("cli/main.ts", args, env)
 
 describe("events replay", () => {
   it("prints a relayed log in order, all valid; a tampered stream entry shows as invalid and the others stay valid", async () => {
@@ -244,16 +221,15 @@ describe("the caracal process", () => {
   it("follows a stream for a bounded time, then closes its connections and exits", async () => {
     await seed()
     await drain()
-    const running = start(["events", "tail", "--stream", h.stream, "--count", "1", "--follow", "--for-ms", "1500", "--json"], {
+    const running = spawnScript("cli/main.ts", ["events", "tail", "--stream", h.stream, "--count", "1", "--follow", "--for-ms", "1500", "--json"], {
       DATABASE_URL: h.db.url,
       REDIS_URL: stackEnv().REDIS_URL,
       STREAMS_HMAC_KEY: keyHex()
     })
     await until(() => running.stdout().includes("\n"), 10_000, "initial entry printed")
     await r().xadd(h.stream, "*", "e", JSON.stringify({ id: "late", type: "Late", aggregate: { type: "account", id: "acc-1" }, sequence: 4 }))
-    const done = await running.done
-    expect(done.code).toBe(0)
-    expect(done.stdout.trim().split("\n").map((l) => {
+    expect(await running.exited).toBe(0)
+    expect(running.stdout().trim().split("\n").map((l) => {
       const t = JSON.parse(l) as { type: string; sequence: number; signature: string }
       return `${t.type}@${t.sequence} ${t.signature}`
     })).toEqual(["FundsDeposited@3 valid", "Late@4 unsigned"])
