@@ -3,7 +3,7 @@
 import { sql } from "kysely"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import type { ReceivedEvent } from "../../core/consumer.ts"
-import { applyDeliveredToPostgres, applyToPostgres, catchUpPostgres, LogTampered, rebuildPostgres } from "../../core/projection.ts"
+import { applyDeliveredToPostgres, applyToPostgres, catchUpPostgres, LogTampered, MemoryProjectionRunner, rebuildPostgres, upcastRow } from "../../core/projection.ts"
 import { entryFields } from "../../core/relay.ts"
 import { sign } from "../../core/signing.ts"
 import { makeHarness, type Harness, until } from "../fixtures/harness.ts"
@@ -256,5 +256,30 @@ describe("when a batch handler fails", () => {
       consumer.stop()
       await Promise.all(runs)
     }
+  })
+})
+
+describe("an in-memory projection (as the gateway keeps)", () => {
+  it("catches up from the log, then applies delivered events once, filling gaps from the log", async () => {
+    for (let i = 0; i < 3; i++) await h.run(`mem-${i}`, { _tag: "Open", owner: "m" })
+    const balances = new Map<string, number>()
+    const runner = new MemoryProjectionRunner({
+      name: "memory",
+      handles: new Set(["AccountOpened", "FundsDeposited"]),
+      apply: (state: Map<string, number>, e) => {
+        state.set(e.aggregate.id, e.type === "AccountOpened" ? 0 : state.get(e.aggregate.id)! + (e.data as { amount: number }).amount)
+      },
+      reset: (state: Map<string, number>) => state.clear()
+    }, balances, h.db.database.db, registry)
+    await until(async () => (await runner.catchUp()) >= 0 && balances.size === 3, 10_000, "caught up")
+    // three deposits; the stream delivers the third first, then a duplicate of the first
+    const outs = []
+    for (let i = 0; i < 3; i++) outs.push(await h.run("mem-0", { _tag: "Deposit", amount: 10 ** i }))
+    const envelopes = outs.map((o) => upcastRow(registry, o.events[0]!))
+    expect(await runner.apply(envelopes[2]!)).toBe("applied")
+    expect(balances.get("mem-0")).toBe(111) // 1 and 10 came from the log first
+    expect(await runner.apply(envelopes[0]!)).toBe("duplicate")
+    expect(await runner.apply(envelopes[1]!)).toBe("duplicate")
+    expect(balances.get("mem-0")).toBe(111)
   })
 })
