@@ -61,7 +61,8 @@ export interface PendingEvent {
 export interface Execution<S, C, E extends DomainEvent, Err, R> {
   readonly aggregate: Aggregate<S, C, E, Err>
   readonly id: string
-  readonly command: C
+  /** The command to decide (or use `prepare`). */
+  readonly command?: C
   readonly meta: CommandMeta
   /** The service that owns the outbox rows (its relay publishes them). */
   readonly producer: string
@@ -72,6 +73,12 @@ export interface Execution<S, C, E extends DomainEvent, Err, R> {
    * single statement that appends the events: the whole command is one round trip.
    */
   readonly projectSql?: (state: S, events: ReadonlyArray<PendingEvent>) => ReadonlyArray<RawBuilder<unknown>>
+  /**
+   * For a command that needs facts beyond its own aggregate (limits, a parent's state): reads
+   * them inside the transaction, under whatever locks it takes, and returns the command to
+   * decide. Replaces `command`; implies a transaction.
+   */
+  readonly prepare?: (trx: Transaction<Tables>) => Promise<C>
   /** The inline projection as code, for projections that must read first: runs in a transaction. */
   readonly project?: (trx: Transaction<Tables>, stored: ReadonlyArray<EventRow>, state: S) => Promise<void>
   /** What the caller gets back; stored with the idempotency key and returned on a repeat. */
@@ -153,7 +160,8 @@ const plan = async <S, C, E extends DomainEvent, Err, R>(
     state = foldRows(x.aggregate, registry, rows)
     last = rows.length === 0 ? 0 : rows[rows.length - 1]!.sequence
   }
-  const decided = Effect.runSyncExit(x.aggregate.decide(x.command, state, x.meta))
+  const command = x.prepare ? await x.prepare(db as Transaction<Tables>) : x.command!
+  const decided = Effect.runSyncExit(x.aggregate.decide(command, state, x.meta))
   if (Exit.isFailure(decided)) {
     const failure = Cause.findErrorOption(decided.cause)
     if (failure._tag === "Some") throw new DomainRejection(failure.value)
@@ -269,7 +277,7 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
   }
   // Without a code projection the command needs no transaction: the read is optimistic
   // (the unique sequence catches a concurrent writer) and the write is one statement.
-  const outcome = x.project === undefined
+  const outcome = x.project === undefined && x.prepare === undefined
     ? await write(db, await planned(db))
     : await db.transaction().execute(async (trx) => write(trx, await planned(trx)))
   if (lastPlan && !lastPlan.replayed && lastPlan.pending.length > 0) {

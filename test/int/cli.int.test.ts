@@ -208,7 +208,7 @@ describe("the caracal process", () => {
     expect(runs.map((x) => x.code)).toEqual([1, 1, 1, 1, 1, 1])
     expect(runs[0]!.stderr).toContain('--from must be a log position (a non-negative integer), got "x"')
     expect(runs[1]!.stderr).toContain("STREAMS_HMAC_KEY: must be hex-encoded")
-    expect(runs[2]!.stderr).toContain('unknown projection "nope"; known projections: (none registered)')
+    expect(runs[2]!.stderr).toContain('unknown projection "nope"; known projections: coordinator')
     expect(runs[3]!.stderr).toContain("--requeue all needs --producer")
     expect(runs[4]!.stderr).toContain("cannot connect to Redis at 127.0.0.1:1")
     expect(runs[4]!.stderr).not.toContain(secret)

@@ -1,0 +1,204 @@
+// The coordinator's command handlers: HTTP → command → decide → events + tables + outbox.
+// Each reads the facts its decider needs inside the command's transaction: a spawn takes
+// the zone's advisory lock first, so that the zone, application and parent limits hold
+// across replicas (concurrent spawns in one zone are serialised; other zones never wait).
+import { sql, type Transaction } from "kysely"
+import { v7 as uuidv7 } from "uuid"
+import { type CommandMeta, execute, type PendingEvent } from "../../core/command.ts"
+import type { DatabaseShape } from "../../core/db/database.ts"
+import type { Tables } from "../../core/db/tables.ts"
+import { type EventRow, toEnvelope } from "../../core/eventstore.ts"
+import type { Keys } from "../../core/redis/keys.ts"
+import type { SigningKey } from "../../core/signing.ts"
+import { events } from "../../schemas/events.ts"
+import { type Constraints, delegation, type EndpointFacts, type InboundFacts } from "./domain/delegation.ts"
+import { type AgentKind, type Limits, type ParentFacts, session } from "./domain/session.ts"
+import { applyCoordinatorEvent } from "./projection.ts"
+
+export const PRODUCER = "coordinator"
+
+export interface CoordinatorDeps {
+  readonly database: DatabaseShape
+  readonly keys: Keys
+  readonly signer: SigningKey | undefined
+  readonly limits: Limits
+}
+
+/** Who asks, and why: the mandate's application and the request's id. */
+export interface Caller {
+  readonly zoneId: string
+  /** "application" for a mandate's holder, "system" for the coordinator's own cascades and expiries. */
+  readonly kind?: "application" | "system"
+  readonly applicationId: string
+  readonly requestId: string
+  readonly idempotencyKey?: string | undefined
+}
+
+const REVOCATIONS = new Set(["AgentTerminated", "DelegationRevoked"])
+
+/** Streams: one per aggregate type; terminations and revocations also go where the STS and gateway listen. */
+export const streamsFor = (keys: Keys) => (e: PendingEvent) =>
+  REVOCATIONS.has(e.type) ? [keys.stream(e.aggregateType), keys.stream("revocation")] : [keys.stream(e.aggregateType)]
+
+const projectInline = async (trx: Transaction<Tables>, stored: ReadonlyArray<EventRow>) => {
+  for (const row of stored) await applyCoordinatorEvent(trx, toEnvelope(row))
+}
+
+const metaOf = (c: Caller): CommandMeta => ({
+  zoneId: c.zoneId,
+  actor: { kind: c.kind ?? "application", id: c.applicationId },
+  now: new Date(),
+  correlationId: c.requestId,
+  idempotencyKey: c.idempotencyKey
+})
+
+const lockZone = (trx: Transaction<Tables>, zoneId: string) =>
+  sql`select pg_advisory_xact_lock(hashtext('caracal:coordinator:zone'), hashtext(${zoneId}))`.execute(trx)
+
+const parentFacts = async (trx: Transaction<Tables>, zoneId: string, parentId: string, now: Date): Promise<ParentFacts | null> => {
+  const { rows } = await sql<ParentFacts & { expiresAt: Date }>`
+    select p.id, p.application_id as "applicationId", p.root_id as "rootId", p.depth, p.kind, p.status, p.expires_at as "expiresAt",
+      (select count(*)::int from agent_sessions c where c.parent_id = p.id and c.status <> 'terminated' and c.expires_at > ${now}) as children
+    from agent_sessions p where p.id = ${parentId} and p.zone_id = ${zoneId}`.execute(trx)
+  const p = rows[0]
+  return p ? { ...p, expiresAt: new Date(p.expiresAt).toISOString() } : null
+}
+
+const usageOf = async (trx: Transaction<Tables>, zoneId: string, applicationId: string, now: Date) => {
+  const { rows } = await sql<{ zone: number; app: number }>`
+    select count(*)::int as zone, (count(*) filter (where application_id = ${applicationId}))::int as app
+    from agent_sessions where zone_id = ${zoneId} and status <> 'terminated' and expires_at > ${now}`.execute(trx)
+  return { zoneLive: rows[0]?.zone ?? 0, appLive: rows[0]?.app ?? 0 }
+}
+
+export interface SpawnRequest {
+  readonly applicationId: string
+  readonly parentId: string | undefined
+  readonly kind: AgentKind
+  readonly ttlSeconds: number | undefined
+  readonly metadata: Readonly<Record<string, unknown>>
+}
+
+export const makeCommands = (deps: CoordinatorDeps) => {
+  const streams = streamsFor(deps.keys)
+  const common = { producer: PRODUCER, streams, signer: deps.signer, project: projectInline }
+
+  const spawn = (caller: Caller, req: SpawnRequest) => {
+    const id = uuidv7()
+    const meta = metaOf(caller)
+    return execute(deps.database, events, {
+      ...common,
+      aggregate: session,
+      id,
+      isNew: true,
+      meta,
+      prepare: async (trx) => {
+        await lockZone(trx, caller.zoneId)
+        return {
+          _tag: "SpawnAgent" as const,
+          id,
+          applicationId: req.applicationId,
+          kind: req.kind,
+          ttlSeconds: req.ttlSeconds,
+          metadata: req.metadata,
+          parent: req.parentId === undefined ? undefined : await parentFacts(trx, caller.zoneId, req.parentId, meta.now),
+          usage: await usageOf(trx, caller.zoneId, req.applicationId, meta.now),
+          limits: deps.limits
+        }
+      },
+      result: () => ({ id })
+    })
+  }
+
+  const onSession = (caller: Caller, id: string, command: Parameters<typeof session.decide>[0]) =>
+    execute(deps.database, events, { ...common, aggregate: session, id, meta: metaOf(caller), command, result: () => ({ id }) })
+
+  const endpoint = async (trx: Transaction<Tables>, zoneId: string, id: string): Promise<EndpointFacts | null> => {
+    const { rows } = await sql<{ id: string; applicationId: string; status: EndpointFacts["status"]; expiresAt: Date }>`
+      select id, application_id as "applicationId", status, expires_at as "expiresAt" from agent_sessions
+      where id = ${id} and zone_id = ${zoneId}`.execute(trx)
+    const r = rows[0]
+    return r ? { ...r, expiresAt: new Date(r.expiresAt).toISOString() } : null
+  }
+
+  /** The source session's own authority, if it holds one: the active inbound edge that expires last. */
+  const inboundOf = async (trx: Transaction<Tables>, sessionId: string, now: Date): Promise<InboundFacts | undefined> => {
+    const { rows } = await sql<{ id: string; scopes: Array<string>; constraints: Constraints; expiresAt: Date }>`
+      select id, scopes, constraints, expires_at as "expiresAt" from delegation_edges
+      where target_session_id = ${sessionId} and status = 'active' and expires_at > ${now}
+      order by expires_at desc limit 1`.execute(trx)
+    const r = rows[0]
+    return r ? { ...r, expiresAt: new Date(r.expiresAt).toISOString() } : undefined
+  }
+
+  /** Is there an active path target → … → source already? (then source → target closes a cycle) */
+  const closesCycle = async (trx: Transaction<Tables>, sourceId: string, targetId: string, now: Date) => {
+    const { rows } = await sql<{ found: boolean }>`
+      with recursive reach(session_id) as (
+        select ${targetId}::text
+        union
+        select e.target_session_id from delegation_edges e join reach r on e.source_session_id = r.session_id
+        where e.status = 'active' and e.expires_at > ${now}
+      )
+      select exists (select 1 from reach where session_id = ${sourceId}) as found`.execute(trx)
+    return rows[0]?.found === true
+  }
+
+  return {
+    spawn,
+    suspend: (caller: Caller, id: string) => onSession(caller, id, { _tag: "SuspendAgent", cascade: false }),
+    resume: (caller: Caller, id: string) => onSession(caller, id, { _tag: "ResumeAgent", cascade: false }),
+    terminate: (caller: Caller, id: string, reason: string) => onSession(caller, id, { _tag: "TerminateAgent", reason, causeId: null }),
+    cascadeOn: onSession,
+
+    createDelegation: (caller: Caller, req: {
+      readonly issuerApplicationId: string
+      readonly receiverApplicationId: string
+      readonly sourceSessionId: string
+      readonly targetSessionId: string
+      readonly scopes: ReadonlyArray<string>
+      readonly constraints: Constraints
+      readonly ttlSeconds: number | undefined
+    }) => {
+      const id = uuidv7()
+      const meta = metaOf(caller)
+      return execute(deps.database, events, {
+        ...common,
+        aggregate: delegation,
+        id,
+        isNew: true,
+        meta,
+        prepare: async (trx) => {
+          // edges of one zone are created one at a time: two racing edges could otherwise close a cycle together
+          await lockZone(trx, caller.zoneId)
+          return {
+            _tag: "CreateDelegation" as const,
+            issuerApplicationId: req.issuerApplicationId,
+            receiverApplicationId: req.receiverApplicationId,
+            source: await endpoint(trx, caller.zoneId, req.sourceSessionId),
+            target: await endpoint(trx, caller.zoneId, req.targetSessionId),
+            scopes: req.scopes,
+            constraints: req.constraints,
+            ttlSeconds: req.ttlSeconds,
+            inbound: await inboundOf(trx, req.sourceSessionId, meta.now),
+            closesCycle: await closesCycle(trx, req.sourceSessionId, req.targetSessionId, meta.now)
+          }
+        },
+        result: () => ({ id })
+      })
+    },
+
+    onDelegation: (caller: Caller, id: string, command: Parameters<typeof delegation.decide>[0]) =>
+      execute(deps.database, events, { ...common, aggregate: delegation, id, meta: metaOf(caller), command, result: () => ({ id }) })
+  }
+}
+
+export type Commands = ReturnType<typeof makeCommands>
+
+/** The coordinator acting on its own (cascades, expiry): the actor recorded in the events. */
+export const systemCaller = (zoneId: string, cause: string): Caller => ({
+  zoneId,
+  kind: "system",
+  applicationId: "coordinator",
+  requestId: cause
+})
