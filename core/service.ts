@@ -16,7 +16,8 @@ export type Infra = ServiceConfig | Database | RedisClient
 export interface ServiceDefinition<N extends ServiceName> {
   readonly name: N
   /** The service's own routes (HttpRouter.add/use layers); may use the infrastructure. */
-  readonly routes?: Layer.Layer<never, unknown, Infra | import("effect/http").HttpRouter.HttpRouter>
+  // (its requirements also carry the router's per-request markers, hence `any`)
+  readonly routes?: Layer.Layer<never, unknown, any>
   /** Background work (relays, consumers, sweepers) that lives as long as the service. */
   readonly background?: Layer.Layer<never, unknown, Infra>
   readonly mapError?: ErrorMapper
@@ -32,6 +33,7 @@ const infraLayer = (config: Loaded<ServiceName>) => {
   const redis = RedisClient.layerWith({
     url: Redacted.value(vars.REDIS_URL),
     password: vars.REDIS_PASSWORD === undefined ? undefined : Redacted.value(vars.REDIS_PASSWORD),
+    prefix: vars.REDIS_KEY_PREFIX,
     strict: config.mode === "production"
   })
   const migrate = Layer.effectDiscard(Effect.gen(function*() {

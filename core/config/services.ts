@@ -23,6 +23,7 @@ export const common = {
   ),
   LOG_LEVEL: withDefault(p.oneOf(["debug", "info", "warn", "error"]), "info", "Log verbosity: debug, info, warn, error"),
   HOST: withDefault(p.string, "0.0.0.0", "Listening address"),
+  REDIS_KEY_PREFIX: withDefault(p.keyPart, "caracal", "Prefix of every Redis key and stream name (deployments or tests sharing one Redis)"),
   MIGRATE_ON_START: withDefault(p.bool, "true", "Apply pending Postgres migrations at start (under a lock)")
 } satisfies Spec
 
@@ -73,6 +74,8 @@ export const gateway = {
 
 export const coordinator = {
   ...common,
+  STS_URL: required(httpUrl, "Internal URL of the STS service, whose per-zone JWKS verifies callers' mandates"),
+  JWKS_COOLDOWN_MS: withDefault(p.int(0, 3_600_000), "30000", "Least time between two JWKS fetches for a zone when an unknown key id arrives"),
   OUTBOX_POLL_MS: withDefault(ms, "1000", "Milliseconds between outbox poll cycles"),
   OUTBOX_BATCH_SIZE: withDefault(p.int(1, 10_000), "50", "Events per outbox poll batch"),
   OUTBOX_MAX_ATTEMPTS: withDefault(count, "10", "Maximum delivery attempts per outbox row before marking dead"),

@@ -71,6 +71,7 @@ export const parsers = {
   secretAny: ((raw) => (raw.length > 0 ? ok(Redacted.make(raw)) : bad("must not be empty"))) as Parse<
     Redacted.Redacted<string>
   >,
+  keyPart: ((raw) => (/^[A-Za-z0-9_.:-]{1,64}$/.test(raw) ? ok(raw) : bad("must be 1-64 of A-Z a-z 0-9 _ . : -"))) as Parse<string>,
   path: ((raw) => (raw.length > 0 ? ok(raw) : bad("must be a file path"))) as Parse<string>
 }
 

@@ -2,7 +2,7 @@
 // request ids, body limits, JSON errors, access logs, metrics, /health, /ready, /metrics
 // and graceful shutdown (in-flight requests finish; new connections are refused).
 import { NodeHttpServer } from "@effect/platform-node"
-import { ByteSize, Cause, Effect, Layer, Metric } from "effect"
+import { ByteSize, Cause, Context, Effect, Layer, Metric } from "effect"
 import { HttpRouter, HttpServer, HttpServerRequest as Req, HttpServerResponse as Res } from "effect/http"
 import { HttpIncomingMessage } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
@@ -32,6 +32,9 @@ export interface ServeOptions {
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
+/** The id of the request being handled (the client's X-Request-Id if sane, else generated). */
+export const RequestId = Context.Reference<string>("caracal/core/http/RequestId", { defaultValue: () => "none" })
+
 export const requestIdOf = (header: string | undefined): string =>
   header !== undefined && SANE_REQUEST_ID.test(header) ? header : randomUUID()
 
@@ -52,7 +55,8 @@ export const withKernel = <E, R>(
     // every log line written while handling the request carries its id
     return yield* handle(req, app, opts).pipe(
       Effect.map((res) => Res.setHeader(res, "x-request-id", requestId)),
-      Effect.annotateLogs({ request_id: requestId })
+      Effect.annotateLogs({ request_id: requestId }),
+      Effect.provideService(RequestId, requestId)
     )
   })
 

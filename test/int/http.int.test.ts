@@ -116,7 +116,7 @@ describe("a running service", () => {
   let svc: RunningService
   beforeAll(async () => {
     db = await emptyDatabase("http")
-    svc = await startService("coordinator", { DATABASE_URL: db.url, REDIS_URL: stackEnv().REDIS_URL, INSECURE_HTTP: "true" })
+    svc = await startService("coordinator", { DATABASE_URL: db.url, REDIS_URL: stackEnv().REDIS_URL, INSECURE_HTTP: "true", STS_URL: "http://127.0.0.1:1" })
   })
   afterAll(async () => {
     await svc.stop()
@@ -157,7 +157,7 @@ describe("when Redis goes away", () => {
   it("/ready answers 503 naming redis while /health stays 200", async () => {
     const db = await emptyDatabase("ready")
     const redis = await spareRedisServer([])
-    const svc = await startService("coordinator", { DATABASE_URL: db.url, REDIS_URL: redis.url, INSECURE_HTTP: "true" })
+    const svc = await startService("coordinator", { DATABASE_URL: db.url, REDIS_URL: redis.url, INSECURE_HTTP: "true", STS_URL: "http://127.0.0.1:1" })
     try {
       expect((await fetch(`${svc.url}/ready`)).status).toBe(200)
       await redis.stop()

@@ -14,7 +14,7 @@ afterAll(() => db.drop())
 
 describe("when two services migrate one empty database at once", () => {
   it("both start and every migration is recorded exactly once", async () => {
-    const env = { DATABASE_URL: db.url, REDIS_URL: stackEnv().REDIS_URL, INSECURE_HTTP: "true" }
+    const env = { DATABASE_URL: db.url, REDIS_URL: stackEnv().REDIS_URL, INSECURE_HTTP: "true", STS_URL: "http://127.0.0.1:1" }
     const [a, b] = await Promise.all([
       startService("coordinator", env),
       startService("audit", { ...env, AUDIT_HMAC_KEY: "ab".repeat(32) })

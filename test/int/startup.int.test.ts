@@ -7,7 +7,7 @@ import { Agent, request } from "node:https"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { emptyDatabase, runToExit, spareRedisServer, stackEnv, startService, type TestDatabase } from "../../core/testing/index.ts"
 
-const env = () => ({ DATABASE_URL: db.url, REDIS_URL: stackEnv().REDIS_URL, INSECURE_HTTP: "true" })
+const env = () => ({ DATABASE_URL: db.url, REDIS_URL: stackEnv().REDIS_URL, INSECURE_HTTP: "true", STS_URL: "http://127.0.0.1:1" })
 const stsEnv = () => ({ ...env(), ZONE_KEK: "2a".repeat(32), OPA_URL: stackEnv().OPA_URL })
 
 let db: TestDatabase

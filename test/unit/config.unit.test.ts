@@ -6,7 +6,8 @@ import type { ServiceName } from "../../core/config/services.ts"
 const base = {
   DATABASE_URL: "postgres://u:p@127.0.0.1:5432/db",
   REDIS_URL: "redis://127.0.0.1:6379",
-  INSECURE_HTTP: "true"
+  INSECURE_HTTP: "true",
+  STS_URL: "http://127.0.0.1:8080"
 }
 const stsBase = { ...base, ZONE_KEK: "11".repeat(32), OPA_URL: "http://127.0.0.1:8181" }
 
