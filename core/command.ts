@@ -72,7 +72,7 @@ export interface Execution<S, C, E extends DomainEvent, Err, R> {
    * The inline projection as SQL statements (INSERT/UPDATE/DELETE) that run inside the
    * single statement that appends the events: the whole command is one round trip.
    */
-  readonly projectSql?: (state: S, events: ReadonlyArray<PendingEvent>) => ReadonlyArray<RawBuilder<unknown>>
+  readonly projectSql?: (state: S, events: ReadonlyArray<PendingEvent>, meta: CommandMeta) => ReadonlyArray<RawBuilder<unknown>>
   /**
    * For a command that needs facts beyond its own aggregate (limits, a parent's state): reads
    * them inside the transaction, under whatever locks it takes, and returns the command to
@@ -248,7 +248,7 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
     if (p.replayed) return { result: p.result, events: [], replayed: true }
     if (p.pending.length === 0) return { result: p.result, events: [], replayed: false }
     try {
-      const projection = x.projectSql ? x.projectSql(p.state, p.pending) : []
+      const projection = x.projectSql ? x.projectSql(p.state, p.pending, x.meta) : []
       const { rows } = await writeStatement(x, p.pending, projection, scope, p.result).execute(conn)
       const assigned = new Map(rows.map((r) => [r.id, r]))
       const stored = p.pending.map((e): EventRow => ({

@@ -7,13 +7,12 @@ import { v7 as uuidv7 } from "uuid"
 import { type CommandMeta, execute, type PendingEvent } from "../../core/command.ts"
 import type { DatabaseShape } from "../../core/db/database.ts"
 import type { Tables } from "../../core/db/tables.ts"
-import { type EventRow, toEnvelope } from "../../core/eventstore.ts"
 import type { Keys } from "../../core/redis/keys.ts"
 import type { SigningKey } from "../../core/signing.ts"
 import { events } from "../../schemas/events.ts"
 import { type Constraints, delegation, type EndpointFacts, type InboundFacts } from "./domain/delegation.ts"
 import { type AgentKind, type Limits, type ParentFacts, session } from "./domain/session.ts"
-import { applyCoordinatorEvent } from "./projection.ts"
+import { statementFor } from "./projection.ts"
 
 export const PRODUCER = "coordinator"
 
@@ -40,9 +39,12 @@ const REVOCATIONS = new Set(["AgentTerminated", "DelegationRevoked"])
 export const streamsFor = (keys: Keys) => (e: PendingEvent) =>
   REVOCATIONS.has(e.type) ? [keys.stream(e.aggregateType), keys.stream("revocation")] : [keys.stream(e.aggregateType)]
 
-const projectInline = async (trx: Transaction<Tables>, stored: ReadonlyArray<EventRow>) => {
-  for (const row of stored) await applyCoordinatorEvent(trx, toEnvelope(row))
-}
+/** The tables' changes ride in the statement that appends the events (see projection.ts). */
+const projectInline = (_state: unknown, pending: ReadonlyArray<PendingEvent>, meta: CommandMeta) =>
+  pending.flatMap((e) => {
+    const statement = statementFor({ type: e.type, zoneId: meta.zoneId, aggregateId: e.aggregateId, occurredAt: meta.now.toISOString(), data: e.data })
+    return statement ? [statement] : []
+  })
 
 const metaOf = (c: Caller): CommandMeta => ({
   zoneId: c.zoneId,
@@ -81,7 +83,7 @@ export interface SpawnRequest {
 
 export const makeCommands = (deps: CoordinatorDeps) => {
   const streams = streamsFor(deps.keys)
-  const common = { producer: PRODUCER, streams, signer: deps.signer, project: projectInline }
+  const common = { producer: PRODUCER, streams, signer: deps.signer, projectSql: projectInline }
 
   const spawn = (caller: Caller, req: SpawnRequest) => {
     const id = uuidv7()

@@ -17,7 +17,7 @@ const spawn = async (body: Record<string, unknown>, headers: Record<string, stri
 
 describe("spawning", () => {
   it("creates a root session and returns it with 201 and an id", async () => {
-    const r = await spawn({ metadata: { task: "x" }, session_sid: "legacy-field" })
+    const r = await spawn({ metadata: { task: "x" }, session_sid: "legacy-field", some_future_field: { x: 1 } })
     expect(r.status).toBe(201)
     expect(r.body).toMatchObject({ application_id: "app-a", parent_id: null, depth: 0, kind: "instance", status: "active", ttl_seconds: 3600, metadata: { task: "x" } })
     expect(r.body.root_id).toBe(r.body.id)
