@@ -4,7 +4,7 @@
 // across replicas (concurrent spawns in one zone are serialised; other zones never wait).
 import { sql, type Transaction } from "kysely"
 import { v7 as uuidv7 } from "uuid"
-import { type CommandMeta, execute, type PendingEvent } from "../../core/command.ts"
+import { type Aggregate, type CommandMeta, execute, type PendingEvent } from "../../core/command.ts"
 import type { DatabaseShape } from "../../core/db/database.ts"
 import type { Tables } from "../../core/db/tables.ts"
 import type { Keys } from "../../core/redis/keys.ts"
@@ -85,35 +85,49 @@ export const makeCommands = (deps: CoordinatorDeps) => {
   const streams = streamsFor(deps.keys)
   const common = { producer: PRODUCER, streams, signer: deps.signer, projectSql: projectInline }
 
-  const spawn = (caller: Caller, req: SpawnRequest) => {
+  /**
+   * A command that creates an aggregate under the zone's lock: the facts it decides on
+   * (counts, parents, paths between sessions) cannot change until it commits.
+   */
+  const createInZone = <S, C, E extends { type: string; data: unknown }, Err>(
+    aggregate: Aggregate<S, C, E, Err>,
+    caller: Caller,
+    build: (trx: Transaction<Tables>, id: string, now: Date) => Promise<C>
+  ) => {
     const id = uuidv7()
     const meta = metaOf(caller)
     return execute(deps.database, events, {
       ...common,
-      aggregate: session,
+      aggregate,
       id,
       isNew: true,
       meta,
       prepare: async (trx) => {
         await lockZone(trx, caller.zoneId)
-        return {
-          _tag: "SpawnAgent" as const,
-          id,
-          applicationId: req.applicationId,
-          kind: req.kind,
-          ttlSeconds: req.ttlSeconds,
-          metadata: req.metadata,
-          parent: req.parentId === undefined ? undefined : await parentFacts(trx, caller.zoneId, req.parentId, meta.now),
-          usage: await usageOf(trx, caller.zoneId, req.applicationId, meta.now),
-          limits: deps.limits
-        }
+        return build(trx, id, meta.now)
       },
       result: () => ({ id })
     })
   }
 
-  const onSession = (caller: Caller, id: string, command: Parameters<typeof session.decide>[0]) =>
-    execute(deps.database, events, { ...common, aggregate: session, id, meta: metaOf(caller), command, result: () => ({ id }) })
+  const spawn = (caller: Caller, req: SpawnRequest) =>
+    createInZone(session, caller, async (trx, id, now) => ({
+      _tag: "SpawnAgent" as const,
+      id,
+      applicationId: req.applicationId,
+      kind: req.kind,
+      ttlSeconds: req.ttlSeconds,
+      metadata: req.metadata,
+      parent: req.parentId === undefined ? undefined : await parentFacts(trx, caller.zoneId, req.parentId, now),
+      usage: await usageOf(trx, caller.zoneId, req.applicationId, now),
+      limits: deps.limits
+    }))
+
+  /** A command on an existing aggregate (its state is loaded, or cached). */
+  const act = <S, C, E extends { type: string; data: unknown }, Err>(aggregate: Aggregate<S, C, E, Err>) =>
+    (caller: Caller, id: string, command: C) =>
+      execute(deps.database, events, { ...common, aggregate, id, meta: metaOf(caller), command, result: () => ({ id }) })
+  const onSession = act(session)
 
   const endpoint = async (trx: Transaction<Tables>, zoneId: string, id: string): Promise<EndpointFacts | null> => {
     const { rows } = await sql<{ id: string; applicationId: string; status: EndpointFacts["status"]; expiresAt: Date }>`
@@ -161,37 +175,22 @@ export const makeCommands = (deps: CoordinatorDeps) => {
       readonly scopes: ReadonlyArray<string>
       readonly constraints: Constraints
       readonly ttlSeconds: number | undefined
-    }) => {
-      const id = uuidv7()
-      const meta = metaOf(caller)
-      return execute(deps.database, events, {
-        ...common,
-        aggregate: delegation,
-        id,
-        isNew: true,
-        meta,
-        prepare: async (trx) => {
-          // edges of one zone are created one at a time: two racing edges could otherwise close a cycle together
-          await lockZone(trx, caller.zoneId)
-          return {
-            _tag: "CreateDelegation" as const,
-            issuerApplicationId: req.issuerApplicationId,
-            receiverApplicationId: req.receiverApplicationId,
-            source: await endpoint(trx, caller.zoneId, req.sourceSessionId),
-            target: await endpoint(trx, caller.zoneId, req.targetSessionId),
-            scopes: req.scopes,
-            constraints: req.constraints,
-            ttlSeconds: req.ttlSeconds,
-            inbound: await inboundOf(trx, req.sourceSessionId, meta.now),
-            closesCycle: await closesCycle(trx, req.sourceSessionId, req.targetSessionId, meta.now)
-          }
-        },
-        result: () => ({ id })
-      })
-    },
+    }) =>
+      // edges of one zone are created one at a time: two racing edges could otherwise close a cycle together
+      createInZone(delegation, caller, async (trx, _id, now) => ({
+        _tag: "CreateDelegation" as const,
+        issuerApplicationId: req.issuerApplicationId,
+        receiverApplicationId: req.receiverApplicationId,
+        source: await endpoint(trx, caller.zoneId, req.sourceSessionId),
+        target: await endpoint(trx, caller.zoneId, req.targetSessionId),
+        scopes: req.scopes,
+        constraints: req.constraints,
+        ttlSeconds: req.ttlSeconds,
+        inbound: await inboundOf(trx, req.sourceSessionId, now),
+        closesCycle: await closesCycle(trx, req.sourceSessionId, req.targetSessionId, now)
+      })),
 
-    onDelegation: (caller: Caller, id: string, command: Parameters<typeof delegation.decide>[0]) =>
-      execute(deps.database, events, { ...common, aggregate: delegation, id, meta: metaOf(caller), command, result: () => ({ id }) })
+    onDelegation: act(delegation)
   }
 }
 

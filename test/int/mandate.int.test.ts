@@ -14,6 +14,7 @@ import {
   makeMandateVerifier,
   requireActsFor
 } from "../../services/coordinator/auth.ts"
+import { rejected } from "../fixtures/auth.ts"
 
 let sts: TestSts
 beforeAll(async () => {
@@ -37,15 +38,6 @@ const lifecycle = (zone: string, over: Partial<MintClaims> = {}): MintClaims => 
   ...over
 })
 
-const rejected = async (p: Promise<unknown>): Promise<AuthError> => {
-  try {
-    await p
-  } catch (e) {
-    assert.instanceOf(e, AuthError)
-    return e as AuthError
-  }
-  return assert.fail("expected an AuthError")
-}
 const expectError = async (p: Promise<unknown>, status: number, code: string) => {
   const e = await rejected(p)
   assert.deepStrictEqual([e.status, e.code], [status, code], e.description)

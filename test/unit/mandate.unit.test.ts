@@ -12,6 +12,7 @@ import {
   requireActsFor,
   scopesOf
 } from "../../services/coordinator/auth.ts"
+import { rejected } from "../fixtures/auth.ts"
 
 const thrown = (f: () => unknown): AuthError => {
   try {
@@ -23,15 +24,6 @@ const thrown = (f: () => unknown): AuthError => {
   return assert.fail("expected an AuthError")
 }
 
-const rejected = async (p: Promise<unknown>): Promise<AuthError> => {
-  try {
-    await p
-  } catch (e) {
-    assert.instanceOf(e, AuthError)
-    return e as AuthError
-  }
-  return assert.fail("expected an AuthError")
-}
 
 const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url")
 const now = () => Math.floor(Date.now() / 1000)
