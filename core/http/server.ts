@@ -82,7 +82,11 @@ const handle = <E, R>(
           const log = answer.internal
             ? Effect.logError("request failed").pipe(Effect.annotateLogs({ cause: Cause.pretty(cause) }))
             : Effect.void
-          return Effect.as(log, errorResponse(answer.status, answer.code, answer.description))
+          const response = errorResponse(answer.status, answer.code, answer.description)
+          // RFC 6750: a 401 tells the client which scheme to use and what was wrong
+          return Effect.as(log, answer.status === 401
+            ? Res.setHeader(response, "www-authenticate", `Bearer error="${answer.code.replace(/[^a-z_]/g, "")}"`)
+            : response)
         })
       ))
     const seconds = (performance.now() - started) / 1000

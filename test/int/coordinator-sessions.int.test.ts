@@ -140,5 +140,7 @@ describe("bad requests", () => {
       const r = await pending
       expect([name, r.status, r.body?.error]).toEqual([name, status, code])
     }
+    const raw = await fetch(`${h.url}/zones/z1/agents`)
+    expect(raw.headers.get("www-authenticate")).toBe('Bearer error="invalid_token"')
   })
 })
