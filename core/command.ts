@@ -74,6 +74,13 @@ export interface Execution<S, C, E extends DomainEvent, Err, R> {
    */
   readonly projectSql?: (state: S, events: ReadonlyArray<PendingEvent>, meta: CommandMeta) => ReadonlyArray<RawBuilder<unknown>>
   /**
+   * A check the database makes inside the write statement, e.g. reserving capacity against
+   * a limit with an atomic counter update; it raises to refuse, which aborts the whole
+   * statement (nothing is written). `rejectOnWrite` turns that refusal into the domain error.
+   */
+  readonly guardSql?: (state: S, events: ReadonlyArray<PendingEvent>, meta: CommandMeta) => RawBuilder<unknown> | undefined
+  readonly rejectOnWrite?: (error: unknown) => Err | undefined
+  /**
    * For a command that needs facts beyond its own aggregate (limits, a parent's state): reads
    * them inside the transaction, under whatever locks it takes, and returns the command to
    * decide. Replaces `command`; implies a transaction.
@@ -192,6 +199,7 @@ const writeStatement = <R>(
   x: Execution<any, any, any, any, R>,
   pending: ReadonlyArray<PendingEvent>,
   projection: ReadonlyArray<RawBuilder<unknown>>,
+  guard: RawBuilder<unknown> | undefined,
   scope: string,
   result: R
 ) => {
@@ -211,13 +219,15 @@ const writeStatement = <R>(
     // the leader's own process is woken directly after commit; elsewhere NOTIFY reaches it
     outboxSignal.leadsHere(x.producer) ? sql`n as (select 1)` : sql`n as (select pg_notify(${OUTBOX_CHANNEL}, ${x.producer}))`,
     ...projection.map((p, i) => sql`${sql.raw(`p${i}`)} as (${p})`),
+    // a SELECT runs only if referenced: the final select names it
+    guard === undefined ? sql`g as (select 1)` : sql`g as (select (${guard}) as ok)`,
     ...(m.idempotencyKey === undefined ? [] : [
       sql`k as (insert into command_results (scope, idempotency_key, result) values (${scope}, ${m.idempotencyKey}, ${JSON.stringify(result)}::jsonb))`
     ])
   ]
   // only what the database assigned comes back; the rest of each row is already known here
   return sql<{ id: string; position: string; transaction_id: string }>`with ${sql.join(parts)}
-    select e.id, e.position::text as position, e.transaction_id::text as transaction_id from e, n`
+    select e.id, e.position::text as position, e.transaction_id::text as transaction_id from e, n, g`
 }
 
 const loggedFields = (e: PendingEvent, m: CommandMeta): LoggedFields => ({
@@ -249,7 +259,8 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
     if (p.pending.length === 0) return { result: p.result, events: [], replayed: false }
     try {
       const projection = x.projectSql ? x.projectSql(p.state, p.pending, x.meta) : []
-      const { rows } = await writeStatement(x, p.pending, projection, scope, p.result).execute(conn)
+      const guard = x.guardSql?.(p.state, p.pending, x.meta)
+      const { rows } = await writeStatement(x, p.pending, projection, guard, scope, p.result).execute(conn)
       const assigned = new Map(rows.map((r) => [r.id, r]))
       const stored = p.pending.map((e): EventRow => ({
         position: assigned.get(e.id)!.position,
@@ -272,6 +283,8 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
     } catch (e) {
       cache.delete(cacheKey(x))
       if (isUniqueViolation(e, "events_aggregate_type_aggregate_id_sequence_key")) throw new SequenceConflict(`${x.aggregate.type}/${x.id}`)
+      const refused = x.rejectOnWrite?.(e)
+      if (refused !== undefined) throw new DomainRejection(refused)
       throw e
     }
   }

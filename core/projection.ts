@@ -26,6 +26,8 @@ export interface Projection<Tx> {
   readonly applyBatch?: (tx: Tx, events: ReadonlyArray<Envelope>) => Promise<void> | void
   /** Empties the read model (for a rebuild). */
   readonly reset: (tx: Tx) => Promise<void> | void
+  /** Derives what the replay does not (counters, summaries) once every event is applied. */
+  readonly afterRebuild?: (tx: Tx) => Promise<void> | void
 }
 
 /** Decodes a stored row to the latest version of its event, as a consumer would see it. */
@@ -261,6 +263,7 @@ export const rebuildPostgres = async (
       applied += rows.length
       opts.onProgress?.({ applied, cursor })
     }
+    await projection.afterRebuild?.(trx)
     await saveCursor(trx, projection.name, safe)
     return { applied, cursor }
   })

@@ -1,8 +1,10 @@
 // The coordinator's command handlers: HTTP → command → decide → events + tables + outbox.
-// Each reads the facts its decider needs inside the command's transaction: a spawn takes
-// the zone's advisory lock first, so that the zone, application and parent limits hold
-// across replicas (concurrent spawns in one zone are serialised; other zones never wait).
-import { sql, type Transaction } from "kysely"
+// A spawn reserves its place under the zone, application and parent limits inside its
+// write statement (coordinator_reserve: atomic counters, exact across replicas); a
+// delegation is created under the zone's advisory lock, so that no two racing edges close
+// a cycle together.
+import { Effect } from "effect"
+import { type Kysely, sql, type Transaction } from "kysely"
 import { v7 as uuidv7 } from "uuid"
 import { type Aggregate, type CommandMeta, execute, type PendingEvent } from "../../core/command.ts"
 import type { DatabaseShape } from "../../core/db/database.ts"
@@ -11,7 +13,7 @@ import type { Keys } from "../../core/redis/keys.ts"
 import type { SigningKey } from "../../core/signing.ts"
 import { events } from "../../schemas/events.ts"
 import { type Constraints, delegation, type EndpointFacts, type InboundFacts } from "./domain/delegation.ts"
-import { type AgentKind, type Limits, type ParentFacts, session } from "./domain/session.ts"
+import { type AgentKind, type Limits, limitRejection, type ParentFacts, session, type SessionCommand, type SessionState } from "./domain/session.ts"
 import { statementFor } from "./projection.ts"
 
 export const PRODUCER = "coordinator"
@@ -57,21 +59,24 @@ const metaOf = (c: Caller): CommandMeta => ({
 const lockZone = (trx: Transaction<Tables>, zoneId: string) =>
   sql`select pg_advisory_xact_lock(hashtext('caracal:coordinator:zone'), hashtext(${zoneId}))`.execute(trx)
 
-const parentFacts = async (trx: Transaction<Tables>, zoneId: string, parentId: string, now: Date): Promise<ParentFacts | null> => {
+// Read without a lock: depth, root and kind never change, and a parent that ends between
+// this read and the spawn's commit is caught by the cascade sweep, which ends the child too.
+const parentFacts = async (db: Kysely<Tables>, zoneId: string, parentId: string): Promise<ParentFacts | null> => {
   const { rows } = await sql<ParentFacts & { expiresAt: Date }>`
-    select p.id, p.application_id as "applicationId", p.root_id as "rootId", p.depth, p.kind, p.status, p.expires_at as "expiresAt",
-      (select count(*)::int from agent_sessions c where c.parent_id = p.id and c.status <> 'terminated' and c.expires_at > ${now}) as children
-    from agent_sessions p where p.id = ${parentId} and p.zone_id = ${zoneId}`.execute(trx)
+    select p.id, p.application_id as "applicationId", p.root_id as "rootId", p.depth, p.kind, p.status, p.expires_at as "expiresAt"
+    from agent_sessions p where p.id = ${parentId} and p.zone_id = ${zoneId}`.execute(db)
   const p = rows[0]
   return p ? { ...p, expiresAt: new Date(p.expiresAt).toISOString() } : null
 }
 
-const usageOf = async (trx: Transaction<Tables>, zoneId: string, applicationId: string, now: Date) => {
-  const { rows } = await sql<{ zone: number; app: number }>`
-    select count(*)::int as zone, (count(*) filter (where application_id = ${applicationId}))::int as app
-    from agent_sessions where zone_id = ${zoneId} and status <> 'terminated' and expires_at > ${now}`.execute(trx)
-  return { zoneLive: rows[0]?.zone ?? 0, appLive: rows[0]?.app ?? 0 }
-}
+/** The SQLSTATE coordinator_reserve raises with, its message being the limit's code. */
+const LIMIT_STATE = "CA429"
+
+/** A session that ends gives its places back (zone, application, parent), in the order spawns take them. */
+const releaseOnEnd = (state: SessionState, pending: ReadonlyArray<PendingEvent>, meta: CommandMeta) =>
+  state.status !== "none" && pending.some((e) => e.type === "AgentTerminated")
+    ? sql`coordinator_release(${meta.zoneId}, ${state.applicationId}, ${state.parentId})`
+    : undefined
 
 export interface SpawnRequest {
   readonly applicationId: string
@@ -87,7 +92,7 @@ export const makeCommands = (deps: CoordinatorDeps) => {
 
   /**
    * A command that creates an aggregate under the zone's lock: the facts it decides on
-   * (counts, parents, paths between sessions) cannot change until it commits.
+   * (paths between sessions) cannot change until it commits.
    */
   const createInZone = <S, C, E extends { type: string; data: unknown }, Err>(
     aggregate: Aggregate<S, C, E, Err>,
@@ -110,24 +115,55 @@ export const makeCommands = (deps: CoordinatorDeps) => {
     })
   }
 
+  /**
+   * A root spawn is one statement: the event, the tables, the outbox and the reservation of
+   * a place under each counting limit (coordinator_reserve); a child spawn reads its parent first.
+   */
   const spawn = (caller: Caller, req: SpawnRequest) =>
-    createInZone(session, caller, async (trx, id, now) => ({
-      _tag: "SpawnAgent" as const,
-      id,
-      applicationId: req.applicationId,
-      kind: req.kind,
-      ttlSeconds: req.ttlSeconds,
-      metadata: req.metadata,
-      parent: req.parentId === undefined ? undefined : await parentFacts(trx, caller.zoneId, req.parentId, now),
-      usage: await usageOf(trx, caller.zoneId, req.applicationId, now),
-      limits: deps.limits
-    }))
+    Effect.gen(function*() {
+      const id = uuidv7()
+      const parent = req.parentId === undefined
+        ? undefined
+        : yield* deps.database.query((db) => parentFacts(db, caller.zoneId, req.parentId!))
+      const { maxPerZone, maxPerApp, maxChildren } = deps.limits
+      return yield* execute(deps.database, events, {
+        ...common,
+        aggregate: session,
+        id,
+        isNew: true,
+        meta: metaOf(caller),
+        command: {
+          _tag: "SpawnAgent",
+          id,
+          applicationId: req.applicationId,
+          kind: req.kind,
+          ttlSeconds: req.ttlSeconds,
+          metadata: req.metadata,
+          parent,
+          limits: deps.limits
+        },
+        guardSql: (_state, _pending, meta) =>
+          sql`coordinator_reserve(${meta.zoneId}, ${req.applicationId}, ${parent?.id ?? null}, ${maxPerZone}, ${maxPerApp}, ${maxChildren})`,
+        rejectOnWrite: (e) =>
+          (e as { code?: string }).code === LIMIT_STATE ? limitRejection(String((e as Error).message), deps.limits) : undefined,
+        result: () => ({ id })
+      })
+    })
 
   /** A command on an existing aggregate (its state is loaded, or cached). */
   const act = <S, C, E extends { type: string; data: unknown }, Err>(aggregate: Aggregate<S, C, E, Err>) =>
     (caller: Caller, id: string, command: C) =>
       execute(deps.database, events, { ...common, aggregate, id, meta: metaOf(caller), command, result: () => ({ id }) })
-  const onSession = act(session)
+  const onSession = (caller: Caller, id: string, command: SessionCommand) =>
+    execute(deps.database, events, {
+      ...common,
+      aggregate: session,
+      id,
+      meta: metaOf(caller),
+      command,
+      guardSql: releaseOnEnd,
+      result: () => ({ id })
+    })
 
   const endpoint = async (trx: Transaction<Tables>, zoneId: string, id: string): Promise<EndpointFacts | null> => {
     const { rows } = await sql<{ id: string; applicationId: string; status: EndpointFacts["status"]; expiresAt: Date }>`

@@ -83,5 +83,16 @@ export const coordinatorProjection: PgProjection = {
   reset: async (trx) => {
     await sql`delete from delegation_edges`.execute(trx)
     await sql`delete from agent_sessions`.execute(trx)
+    await sql`delete from session_counts`.execute(trx)
+  },
+  // the live counters the spawns reserve against, derived from the rebuilt sessions
+  afterRebuild: async (trx) => {
+    await sql`delete from session_counts`.execute(trx)
+    await sql`insert into session_counts (scope, live)
+      select 'zone:' || zone_id, count(*) from agent_sessions where status <> 'terminated' group by zone_id
+      union all
+      select 'app:' || zone_id || ':' || application_id, count(*) from agent_sessions where status <> 'terminated' group by zone_id, application_id
+      union all
+      select 'parent:' || parent_id, count(*) from agent_sessions where status <> 'terminated' and parent_id is not null group by parent_id`.execute(trx)
   }
 }

@@ -28,7 +28,9 @@ const random = (seed: number) => () => {
 
 const snapshot = async () => ({
   sessions: (await sql`select * from agent_sessions order by id`.execute(db.database.db)).rows,
-  edges: (await sql`select * from delegation_edges order by id`.execute(db.database.db)).rows
+  edges: (await sql`select * from delegation_edges order by id`.execute(db.database.db)).rows,
+  // the counters the limits reserve against: zero rows are what a rebuild does not recreate
+  counts: (await sql`select * from session_counts where live > 0 order by scope`.execute(db.database.db)).rows
 })
 
 describe("after a randomised workload of 10,000 commands", () => {
@@ -90,5 +92,7 @@ describe("after a randomised workload of 10,000 commands", () => {
     const rebuilt = await snapshot()
     expect(rebuilt.sessions).toEqual(live.sessions)
     expect(rebuilt.edges).toEqual(live.edges)
+    expect(rebuilt.counts).toEqual(live.counts)
+    expect(live.counts.length).toBeGreaterThan(0)
   }, 300_000)
 })

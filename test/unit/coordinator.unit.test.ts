@@ -8,11 +8,11 @@ const NOW = "2026-01-01T00:00:00.000Z"
 const limits: Limits = { maxDepth: 3, maxChildren: 2, maxPerZone: 5, maxPerApp: 4, defaultTtlSeconds: 3600 }
 const spawn = (over: Partial<Extract<SessionCommand, { _tag: "SpawnAgent" }>> = {}): SessionCommand => ({
   _tag: "SpawnAgent", id: "s1", applicationId: "app", kind: "instance", ttlSeconds: undefined, metadata: {},
-  parent: undefined, usage: { zoneLive: 0, appLive: 0 }, limits, ...over
+  parent: undefined, limits, ...over
 })
 const parent = (over: Partial<ParentFacts> = {}): ParentFacts => ({
   id: "p", applicationId: "app", rootId: "p", depth: 0, kind: "instance", status: "active",
-  expiresAt: "2026-01-01T00:10:00.000Z", children: 0, ...over
+  expiresAt: "2026-01-01T00:10:00.000Z", ...over
 })
 const spawned = (over: Partial<Extract<SessionEvent, { type: "AgentSpawned" }>["data"]> = {}): SessionEvent => ({
   type: "AgentSpawned",
@@ -29,15 +29,22 @@ describe("spawning a session", () => {
   })
   it.each([
     ["max_depth_exceeded", 429, spawn({ parent: parent({ depth: 2 }) })],
-    ["max_children_exceeded", 429, spawn({ parent: parent({ children: 2 }) })],
-    ["max_per_zone_exceeded", 429, spawn({ usage: { zoneLive: 5, appLive: 0 } })],
-    ["max_per_app_exceeded", 429, spawn({ usage: { zoneLive: 0, appLive: 4 } })],
     ["parent_not_found", 404, spawn({ parent: null })],
     ["parent_not_active", 409, spawn({ parent: parent({ status: "suspended" }) })],
     ["parent_not_active", 409, spawn({ parent: parent({ expiresAt: NOW }) })],
     ["ephemeral_parent", 409, spawn({ parent: parent({ kind: "ephemeral" }) })]
   ] as const)("is refused with %s (%i) and no event", (code, status, command) => {
     expect(given(session).when(command, testMeta(NOW)).error()).toMatchObject({ code, status })
+  })
+})
+
+describe("a counting limit the database refused at write", () => {
+  it("answers 429 with its own code", async () => {
+    const { limitRejection } = await import("../../services/coordinator/domain/session.ts")
+    for (const code of ["max_per_zone_exceeded", "max_per_app_exceeded", "max_children_exceeded"]) {
+      expect(limitRejection(code, limits)).toMatchObject({ status: 429, code })
+    }
+    expect(limitRejection("something_else", limits)).toBeUndefined()
   })
 })
 

@@ -1,9 +1,11 @@
 // The agent session aggregate: SpawnAgent, SuspendAgent, ResumeAgent, TerminateAgent,
 // ExpireAgent → AgentSpawned, AgentSuspended, AgentResumed, AgentTerminated.
 //
-// Facts beyond one session (its parent, the zone's and application's live counts, the
-// limits) arrive in the command, read under the zone's lock by the handler: the decider
-// stays pure and the limits hold under concurrency.
+// Facts beyond one session (its parent, the limits) arrive in the command: the decider
+// stays pure. The counting limits (live sessions per zone, per application, children per
+// parent) are not decided here but reserved atomically by the database in the spawn's
+// write statement (see migrations/0005_session_counts.ts), which keeps them exact across
+// replicas without a lock held over round trips.
 //
 // Kinds. `instance`: a long-lived agent that may spawn children. `ephemeral`: a single
 // task — a leaf that cannot have children, and that holds nothing worth resuming, so a
@@ -30,7 +32,6 @@ export interface ParentFacts {
   readonly kind: AgentKind
   readonly status: "active" | "suspended" | "terminated"
   readonly expiresAt: string
-  readonly children: number
 }
 
 export type SessionCommand =
@@ -44,7 +45,6 @@ export type SessionCommand =
     readonly metadata: Readonly<Record<string, unknown>>
     /** undefined: a root; null: a parent_id that does not exist in this zone. */
     readonly parent: ParentFacts | null | undefined
-    readonly usage: { readonly zoneLive: number; readonly appLive: number }
     readonly limits: Limits
   }
   | { readonly _tag: "SuspendAgent"; readonly cascade: boolean }
@@ -85,6 +85,20 @@ export type SessionState =
   | ({ readonly status: "suspended"; readonly byCascade: boolean } & Live)
   | ({ readonly status: "terminated"; readonly reason: string } & Live)
 
+/** The answer to a spawn the database refused for a counting limit (see coordinator_reserve). */
+export const limitRejection = (code: string, limits: Limits): SessionRejected | undefined => {
+  switch (code) {
+    case "max_per_zone_exceeded":
+      return new SessionRejected({ status: 429, code, description: `a zone has at most ${limits.maxPerZone} live sessions` })
+    case "max_per_app_exceeded":
+      return new SessionRejected({ status: 429, code, description: `an application has at most ${limits.maxPerApp} live sessions` })
+    case "max_children_exceeded":
+      return new SessionRejected({ status: 429, code, description: `a session has at most ${limits.maxChildren} children` })
+    default:
+      return undefined
+  }
+}
+
 export class SessionRejected extends Data.TaggedError("SessionRejected")<{
   readonly status: 400 | 404 | 409 | 429
   readonly code: string
@@ -98,7 +112,7 @@ const expired = (expiresAt: string, now: Date) => new Date(expiresAt).getTime() 
 
 const spawn = (c: Extract<SessionCommand, { _tag: "SpawnAgent" }>, state: SessionState, meta: CommandMeta) => {
   if (state.status !== "none") return reject(409, "session_exists", "a session with this id exists")
-  const { parent, limits, usage } = c
+  const { parent, limits } = c
   if (parent === null) return reject(404, "parent_not_found", "parent_id names no session in this zone")
   if (parent) {
     if (parent.status === "terminated" || expired(parent.expiresAt, meta.now)) {
@@ -107,10 +121,7 @@ const spawn = (c: Extract<SessionCommand, { _tag: "SpawnAgent" }>, state: Sessio
     if (parent.status !== "active") return reject(409, "parent_not_active", "the parent session is suspended")
     if (parent.kind === "ephemeral") return reject(409, "ephemeral_parent", "an ephemeral session cannot have children")
     if (parent.depth + 1 >= limits.maxDepth) return reject(429, "max_depth_exceeded", `sessions nest at most ${limits.maxDepth} deep`)
-    if (parent.children >= limits.maxChildren) return reject(429, "max_children_exceeded", `a session has at most ${limits.maxChildren} children`)
   }
-  if (usage.zoneLive >= limits.maxPerZone) return reject(429, "max_per_zone_exceeded", `a zone has at most ${limits.maxPerZone} live sessions`)
-  if (usage.appLive >= limits.maxPerApp) return reject(429, "max_per_app_exceeded", `an application has at most ${limits.maxPerApp} live sessions`)
   const requested = c.ttlSeconds ?? limits.defaultTtlSeconds
   // a child never outlives its parent
   const parentLeft = parent ? Math.floor((new Date(parent.expiresAt).getTime() - meta.now.getTime()) / 1000) : Infinity
