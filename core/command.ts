@@ -210,6 +210,7 @@ const writeStatement = <R>(
     return sql`(${e.id}::uuid, ${m.zoneId}, ${e.aggregateType}, ${e.aggregateId}, ${e.sequence}, ${e.type}, ${e.schemaVersion}, ${m.now}::timestamptz, ${actor}::jsonb, ${m.correlationId}, ${m.causationId ?? null}, ${JSON.stringify(e.data)}::jsonb, ${macText}, ${x.signer?.id ?? null})`
   }))
   const routes = pending.flatMap((e) => x.streams(e).map((stream) => sql`(${e.id}::uuid, ${stream})`))
+  const notify = !outboxSignal.leadsHere(x.producer)
   const parts = [
     sql`e as (insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data, mac, mac_key_id)
       values ${events} returning position, transaction_id, id, aggregate_type, aggregate_id)`,
@@ -217,17 +218,18 @@ const writeStatement = <R>(
       select ${x.producer}, r.stream, e.position::bigint, e.aggregate_type || '/' || e.aggregate_id
       from e join (values ${sql.join(routes)}) as r (event_id, stream) on r.event_id = e.id)`,
     // the leader's own process is woken directly after commit; elsewhere NOTIFY reaches it
-    outboxSignal.leadsHere(x.producer) ? sql`n as (select 1)` : sql`n as (select pg_notify(${OUTBOX_CHANNEL}, ${x.producer}))`,
+    ...(notify ? [sql`n as (select pg_notify(${OUTBOX_CHANNEL}, ${x.producer}))`] : []),
     ...projection.map((p, i) => sql`${sql.raw(`p${i}`)} as (${p})`),
     // a SELECT runs only if referenced: the final select names it
-    guard === undefined ? sql`g as (select 1)` : sql`g as (select (${guard}) as ok)`,
+    ...(guard === undefined ? [] : [sql`g as (select (${guard}) as ok)`]),
     ...(m.idempotencyKey === undefined ? [] : [
       sql`k as (insert into command_results (scope, idempotency_key, result) values (${scope}, ${m.idempotencyKey}, ${JSON.stringify(result)}::jsonb))`
     ])
   ]
+  const from = sql.raw(["e", ...(notify ? ["n"] : []), ...(guard === undefined ? [] : ["g"])].join(", "))
   // only what the database assigned comes back; the rest of each row is already known here
   return sql<{ id: string; position: string; transaction_id: string }>`with ${sql.join(parts)}
-    select e.id, e.position::text as position, e.transaction_id::text as transaction_id from e, n, g`
+    select e.id, e.position::text as position, e.transaction_id::text as transaction_id from ${from}`
 }
 
 const loggedFields = (e: PendingEvent, m: CommandMeta): LoggedFields => ({
