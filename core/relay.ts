@@ -114,13 +114,8 @@ export const makeRelay = (opts: RelayOptions): Relay => {
     if (rows.length === 0) return 0
     const pipeline = opts.redis.pipeline()
     for (const r of rows) pipeline.xadd(r.stream, "*", ...entryFields(r.stream, toEnvelope(r), opts.signer))
-    let results: Array<[Error | null, unknown]> | null
-    try {
-      results = await pipeline.exec()
-    } catch (e) {
-      // Redis unreachable: not the rows' fault, so no attempt is charged; the loop backs off
-      throw e
-    }
+    // Redis unreachable throws here: not the rows' fault, so no attempt is charged; the loop backs off
+    const results = await pipeline.exec()
     const sent: Array<string> = []
     const failed: Array<{ id: string; attempts: number; error: string }> = []
     rows.forEach((r, i) => {

@@ -1,7 +1,7 @@
 // ioredis clients as a scoped Effect service: db0 holds streams, db1 rate-limit
 // counters. At start it checks maxmemory-policy, because any evicting policy can
 // silently drop stream entries that consumers have not read yet.
-import { Context, Effect, Layer, Redacted, Schema } from "effect"
+import { Context, Effect, Layer, Schema } from "effect"
 import { Redis } from "ioredis"
 import { type Keys, makeKeys } from "./keys.ts"
 
@@ -88,6 +88,4 @@ export class RedisClient extends Context.Service<RedisClient, RedisShape>()("car
         }
       })
     )
-
-  static readonly redact = (p: Redacted.Redacted<string> | undefined) => (p === undefined ? undefined : Redacted.value(p))
 }

@@ -91,31 +91,6 @@ export const makeCommands = (deps: CoordinatorDeps) => {
   const common = { producer: PRODUCER, streams, signer: deps.signer, projectSql: projectInline }
 
   /**
-   * A command that creates an aggregate under the zone's lock: the facts it decides on
-   * (paths between sessions) cannot change until it commits.
-   */
-  const createInZone = <S, C, E extends { type: string; data: unknown }, Err>(
-    aggregate: Aggregate<S, C, E, Err>,
-    caller: Caller,
-    build: (trx: Transaction<Tables>, id: string, now: Date) => Promise<C>
-  ) => {
-    const id = uuidv7()
-    const meta = metaOf(caller)
-    return execute(deps.database, events, {
-      ...common,
-      aggregate,
-      id,
-      isNew: true,
-      meta,
-      prepare: async (trx) => {
-        await lockZone(trx, caller.zoneId)
-        return build(trx, id, meta.now)
-      },
-      result: () => ({ id })
-    })
-  }
-
-  /**
    * A root spawn is one statement: the event, the tables, the outbox and the reservation of
    * a place under each counting limit (coordinator_reserve); a child spawn reads its parent first.
    */
@@ -212,19 +187,34 @@ export const makeCommands = (deps: CoordinatorDeps) => {
       readonly constraints: Constraints
       readonly ttlSeconds: number | undefined
     }) =>
-      // edges of one zone are created one at a time: two racing edges could otherwise close a cycle together
-      createInZone(delegation, caller, async (trx, _id, now) => ({
-        _tag: "CreateDelegation" as const,
-        issuerApplicationId: req.issuerApplicationId,
-        receiverApplicationId: req.receiverApplicationId,
-        source: await endpoint(trx, caller.zoneId, req.sourceSessionId),
-        target: await endpoint(trx, caller.zoneId, req.targetSessionId),
-        scopes: req.scopes,
-        constraints: req.constraints,
-        ttlSeconds: req.ttlSeconds,
-        inbound: await inboundOf(trx, req.sourceSessionId, now),
-        closesCycle: await closesCycle(trx, req.sourceSessionId, req.targetSessionId, now)
-      })),
+      Effect.suspend(() => {
+        const id = uuidv7()
+        const meta = metaOf(caller)
+        return execute(deps.database, events, {
+          ...common,
+          aggregate: delegation,
+          id,
+          isNew: true,
+          meta,
+          prepare: async (trx) => {
+            // edges of one zone are created one at a time: two racing edges could otherwise close a cycle together
+            await lockZone(trx, caller.zoneId)
+            return {
+              _tag: "CreateDelegation" as const,
+              issuerApplicationId: req.issuerApplicationId,
+              receiverApplicationId: req.receiverApplicationId,
+              source: await endpoint(trx, caller.zoneId, req.sourceSessionId),
+              target: await endpoint(trx, caller.zoneId, req.targetSessionId),
+              scopes: req.scopes,
+              constraints: req.constraints,
+              ttlSeconds: req.ttlSeconds,
+              inbound: await inboundOf(trx, req.sourceSessionId, meta.now),
+              closesCycle: await closesCycle(trx, req.sourceSessionId, req.targetSessionId, meta.now)
+            }
+          },
+          result: () => ({ id })
+        })
+      }),
 
     onDelegation: act(delegation)
   }
