@@ -11,7 +11,8 @@ import type { Actor } from "../schemas/envelope.ts"
 import { type AggregateCache, cacheFor } from "./aggregate-cache.ts"
 import type { DatabaseShape } from "./db/database.ts"
 import { outboxSignal } from "./outbox-signal.ts"
-import { type LoggedFields, logMac, type SigningKey } from "./signing.ts"
+import type { SigningKey } from "./signing.ts"
+import { writeStatement } from "./command-write.ts"
 import { DbError } from "./db/database.ts"
 import type { Tables } from "./db/tables.ts"
 import { type EventRow, isUniqueViolation, loadAggregateEvents, SequenceConflict } from "./eventstore.ts"
@@ -31,6 +32,11 @@ export interface CommandMeta {
   readonly correlationId: string
   readonly causationId?: string | null
   readonly idempotencyKey?: string | undefined
+  /**
+   * The request's canonical validated body (e.g. JSON with sorted keys): a key used again
+   * with a different body is refused (IdempotencyKeyReused) instead of answering the first result.
+   */
+  readonly idempotencyFingerprint?: string | undefined
 }
 
 /** An aggregate as a decider: pure, no I/O, no clock (time comes in CommandMeta). */
@@ -40,6 +46,11 @@ export interface Aggregate<S, C, E extends DomainEvent, Err> {
   readonly decide: (command: C, state: S, meta: CommandMeta) => Effect.Effect<ReadonlyArray<E>, Err>
   readonly evolve: (state: S, event: E) => S
 }
+
+/** An idempotency key sent again with a different body: 422 idempotency_key_reused. */
+export class IdempotencyKeyReused extends Schema.TaggedError<IdempotencyKeyReused>()("IdempotencyKeyReused", {
+  key: Schema.String
+}) {}
 
 export class ConcurrencyExhausted extends Schema.TaggedError<ConcurrencyExhausted>()("ConcurrencyExhausted", {
   aggregate: Schema.String,
@@ -74,18 +85,23 @@ export interface Execution<S, C, E extends DomainEvent, Err, R> {
    */
   readonly projectSql?: (state: S, events: ReadonlyArray<PendingEvent>, meta: CommandMeta) => ReadonlyArray<RawBuilder<unknown>>
   /**
-   * A check the database makes inside the write statement, e.g. reserving capacity against
-   * a limit with an atomic counter update; it raises to refuse, which aborts the whole
-   * statement (nothing is written). `rejectOnWrite` turns that refusal into the domain error.
+   * Capacity the command takes or gives back inside its write statement: a place under a
+   * limit reserved with an atomic counter update, or returned when the thing that held it
+   * ends. A reservation refuses by raising, which aborts the whole statement, so nothing is
+   * written; `refusal` turns that error into the domain error.
    */
-  readonly guardSql?: (state: S, events: ReadonlyArray<PendingEvent>, meta: CommandMeta) => RawBuilder<unknown> | undefined
-  readonly rejectOnWrite?: (error: unknown) => Err | undefined
+  readonly capacity?: (state: S, events: ReadonlyArray<PendingEvent>, meta: CommandMeta) => CapacityChange<Err> | undefined
   /**
-   * For a command that needs facts beyond its own aggregate (limits, a parent's state): reads
-   * them inside the transaction, under whatever locks it takes, and returns the command to
-   * decide. Replaces `command`; implies a transaction.
+   * For a command that needs facts beyond its own aggregate (a parent's state, a cycle check):
+   * reads them inside the command's transaction, under whatever locks it takes, and returns
+   * the command to decide. Replaces `command`; implies a transaction.
    */
-  readonly prepare?: (trx: Transaction<Tables>) => Promise<C>
+  readonly readFacts?: (trx: Transaction<Tables>) => Promise<C>
+  /**
+   * While this answers true for a stored result, its idempotency key keeps returning that
+   * result; once false (e.g. the session a spawn created has ended) the key is free again.
+   */
+  readonly keyPinnedWhile?: (db: Kysely<Tables> | Transaction<Tables>, result: R) => Promise<boolean>
   /** The inline projection as code, for projections that must read first: runs in a transaction. */
   readonly project?: (trx: Transaction<Tables>, stored: ReadonlyArray<EventRow>, state: S) => Promise<void>
   /** What the caller gets back; stored with the idempotency key and returned on a repeat. */
@@ -94,6 +110,14 @@ export interface Execution<S, C, E extends DomainEvent, Err, R> {
   readonly isNew?: boolean
   /** Signs each event in the log (STREAMS_HMAC_KEY), so tampering in Postgres is detectable. */
   readonly signer?: SigningKey | undefined
+  /** How long an idempotency key pins its first result (IDEMPOTENCY_RETENTION_HOURS). */
+  readonly keyRetentionHours?: number | undefined
+}
+
+export interface CapacityChange<Err> {
+  /** An SQL expression (a function call) evaluated once in the write statement; it raises to refuse. */
+  readonly sql: RawBuilder<unknown>
+  readonly refusal?: (error: unknown) => Err | undefined
 }
 
 export interface Outcome<R> {
@@ -118,7 +142,7 @@ class DomainRejection<Err> extends Error {
   }
 }
 
-export const OUTBOX_CHANNEL = "caracal_outbox"
+export { OUTBOX_CHANNEL } from "./outbox-signal.ts"
 
 /** Folds stored rows (upcast to their latest version) into state. */
 export const foldRows = <S, E extends DomainEvent>(
@@ -141,9 +165,66 @@ type Plan<S, R> =
   | { readonly replayed: true; readonly result: R }
   | { readonly replayed: false; readonly state: S; readonly pending: ReadonlyArray<PendingEvent>; readonly result: R; readonly sequence: number }
 
-/** Loads the aggregate (and a prior result for the idempotency key), folds and decides. */
 const cacheKey = (x: Execution<any, any, any, any, any>) => `${x.aggregate.type}\u0000${x.id}`
 
+/** A failure that is a bug (a decider that dies, an event the code cannot decode): a 500, never retried. */
+export class CommandDefect extends Error {
+  readonly cause: unknown
+  constructor(cause: unknown) {
+    super(cause instanceof Error ? cause.message : String(cause))
+    this.cause = cause
+  }
+}
+
+/** Idempotency keys are kept this long unless the producer says otherwise (IDEMPOTENCY_RETENTION_HOURS). */
+export const DEFAULT_KEY_RETENTION_HOURS = 24
+
+/**
+ * The first result of this command's idempotency key, if the key still pins it: not past
+ * its retention, and (for commands that say so) the thing it created still live. A freed
+ * key's row is removed, so that this command can record its own result under it.
+ */
+const priorResult = async <R>(
+  db: Kysely<Tables> | Transaction<Tables>,
+  x: Execution<any, any, any, any, R>,
+  scope: string
+): Promise<{ readonly result: R } | undefined> => {
+  const key = x.meta.idempotencyKey
+  if (key === undefined) return undefined
+  const hours = x.keyRetentionHours ?? DEFAULT_KEY_RETENTION_HOURS
+  const { rows } = await sql<{ result: R; fingerprint: string | null; expired: boolean; created: string }>`
+    select result, fingerprint, created_at < now() - make_interval(hours => ${hours}) as expired, created_at::text as created
+    from command_results where scope = ${scope} and idempotency_key = ${key}`.execute(db)
+  const prior = rows[0]
+  if (prior === undefined) return undefined
+  if (prior.expired || (x.keyPinnedWhile !== undefined && !(await x.keyPinnedWhile(db, prior.result)))) {
+    // only this row: a concurrent command that already freed and reused the key keeps its own
+    await sql`delete from command_results where scope = ${scope} and idempotency_key = ${key} and created_at = ${prior.created}::timestamptz`
+      .execute(db)
+    return undefined
+  }
+  const fingerprint = x.meta.idempotencyFingerprint
+  if (fingerprint !== undefined && prior.fingerprint !== null && prior.fingerprint !== fingerprint) {
+    throw new DomainRejection(new IdempotencyKeyReused({ key }))
+  }
+  return { result: prior.result }
+}
+
+type Decision<S> =
+  | { readonly refused: true; readonly error: unknown }
+  | { readonly refused: false; readonly state: S; readonly events: ReadonlyArray<DomainEvent> }
+
+const decideOn = <S, C>(x: Execution<S, C, any, any, any>, command: C, state: S): Decision<S> => {
+  const decided = Effect.runSyncExit(x.aggregate.decide(command, state, x.meta))
+  if (Exit.isFailure(decided)) {
+    const failure = Cause.findErrorOption(decided.cause)
+    if (failure._tag === "Some") return { refused: true, error: failure.value }
+    throw new CommandDefect(Cause.squash(decided.cause))
+  }
+  return { refused: false, state: decided.value.reduce(x.aggregate.evolve, state), events: decided.value }
+}
+
+/** Loads the aggregate (or takes it from the cache), reads facts, checks the idempotency key and decides. */
 const plan = async <S, C, E extends DomainEvent, Err, R>(
   db: Kysely<Tables> | Transaction<Tables>,
   registry: EventRegistry,
@@ -151,30 +232,33 @@ const plan = async <S, C, E extends DomainEvent, Err, R>(
   scope: string,
   cache: AggregateCache
 ): Promise<Plan<S, R>> => {
-  if (x.meta.idempotencyKey !== undefined) {
-    const prior = await db.selectFrom("command_results").select("result")
-      .where("scope", "=", scope).where("idempotency_key", "=", x.meta.idempotencyKey).executeTakeFirst()
-    if (prior) return { replayed: true, result: prior.result as R }
-  }
-  const known = x.isNew ? { state: x.aggregate.initialState, sequence: 0 } : cache.get(cacheKey(x)) as { state: S; sequence: number } | undefined
-  let state: S
-  let last: number
-  if (known) {
-    state = known.state
-    last = known.sequence
-  } else {
+  const prior = await priorResult(db, x, scope)
+  if (prior) return { replayed: true, result: prior.result }
+  const load = async () => {
     const rows = await loadAggregateEvents(db, { type: x.aggregate.type, id: x.id })
-    state = foldRows(x.aggregate, registry, rows)
-    last = rows.length === 0 ? 0 : rows[rows.length - 1]!.sequence
+    let state: S
+    try {
+      state = foldRows(x.aggregate, registry, rows)
+    } catch (e) {
+      throw new CommandDefect(e)
+    }
+    return { state, sequence: rows.length === 0 ? 0 : rows[rows.length - 1]!.sequence }
   }
-  const command = x.prepare ? await x.prepare(db as Transaction<Tables>) : x.command!
-  const decided = Effect.runSyncExit(x.aggregate.decide(command, state, x.meta))
-  if (Exit.isFailure(decided)) {
-    const failure = Cause.findErrorOption(decided.cause)
-    if (failure._tag === "Some") throw new DomainRejection(failure.value)
-    throw Cause.squash(decided.cause)
+  const cached = x.isNew ? undefined : cache.get(cacheKey(x)) as { state: S; sequence: number } | undefined
+  let known = x.isNew ? { state: x.aggregate.initialState, sequence: 0 } : cached ?? await load()
+  const command = x.readFacts ? await x.readFacts(db as Transaction<Tables>) : x.command!
+  let decision = decideOn(x, command, known.state)
+  // A cached state is only proven current by a write: the unique (aggregate, sequence) stops
+  // an append on a stale one. A command that writes nothing (a refusal, or no events) proves
+  // nothing, and another replica may have moved the aggregate since: decide again on the log.
+  if (cached !== undefined && (decision.refused || decision.events.length === 0)) {
+    cache.delete(cacheKey(x))
+    known = await load()
+    decision = decideOn(x, command, known.state)
   }
-  const pending = decided.value.map((e, i): PendingEvent => {
+  if (decision.refused) throw new DomainRejection(decision.error)
+  const last = known.sequence
+  const pending = decision.events.map((e, i): PendingEvent => {
     const encoded = registry.encode(e.type, e.data)
     return {
       id: uuidv7(),
@@ -186,66 +270,8 @@ const plan = async <S, C, E extends DomainEvent, Err, R>(
       data: encoded.json
     }
   })
-  const newState = decided.value.reduce(x.aggregate.evolve, state)
-  return { replayed: false, state: newState, pending, result: x.result(newState, pending), sequence: last + pending.length }
+  return { replayed: false, state: decision.state, pending, result: x.result(decision.state, pending), sequence: last + pending.length }
 }
-
-/**
- * One statement appends the events, writes their outbox rows, records the idempotency
- * key, runs the SQL projection and queues a NOTIFY for the relay (delivered only if this
- * commits). Data-modifying CTEs all run, and the statement is atomic on its own.
- */
-const writeStatement = <R>(
-  x: Execution<any, any, any, any, R>,
-  pending: ReadonlyArray<PendingEvent>,
-  projection: ReadonlyArray<RawBuilder<unknown>>,
-  guard: RawBuilder<unknown> | undefined,
-  scope: string,
-  result: R
-) => {
-  const m = x.meta
-  const actor = JSON.stringify(m.actor)
-  const events = sql.join(pending.map((e) => {
-    const macText = x.signer ? logMac(x.signer, loggedFields(e, m)) : null
-    return sql`(${e.id}::uuid, ${m.zoneId}, ${e.aggregateType}, ${e.aggregateId}, ${e.sequence}, ${e.type}, ${e.schemaVersion}, ${m.now}::timestamptz, ${actor}::jsonb, ${m.correlationId}, ${m.causationId ?? null}, ${JSON.stringify(e.data)}::jsonb, ${macText}, ${x.signer?.id ?? null})`
-  }))
-  const routes = pending.flatMap((e) => x.streams(e).map((stream) => sql`(${e.id}::uuid, ${stream})`))
-  const notify = !outboxSignal.leadsHere(x.producer)
-  const parts = [
-    sql`e as (insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, causation_id, data, mac, mac_key_id)
-      values ${events} returning position, transaction_id, id, aggregate_type, aggregate_id)`,
-    routes.length === 0 ? sql`o as (select 1)` : sql`o as (insert into outbox (producer, stream, event_position, aggregate_key)
-      select ${x.producer}, r.stream, e.position::bigint, e.aggregate_type || '/' || e.aggregate_id
-      from e join (values ${sql.join(routes)}) as r (event_id, stream) on r.event_id = e.id)`,
-    // the leader's own process is woken directly after commit; elsewhere NOTIFY reaches it
-    ...(notify ? [sql`n as (select pg_notify(${OUTBOX_CHANNEL}, ${x.producer}))`] : []),
-    ...projection.map((p, i) => sql`${sql.raw(`p${i}`)} as (${p})`),
-    // a SELECT runs only if referenced: the final select names it
-    ...(guard === undefined ? [] : [sql`g as (select (${guard}) as ok)`]),
-    ...(m.idempotencyKey === undefined ? [] : [
-      sql`k as (insert into command_results (scope, idempotency_key, result) values (${scope}, ${m.idempotencyKey}, ${JSON.stringify(result)}::jsonb))`
-    ])
-  ]
-  const from = sql.raw(["e", ...(notify ? ["n"] : []), ...(guard === undefined ? [] : ["g"])].join(", "))
-  // only what the database assigned comes back; the rest of each row is already known here
-  return sql<{ id: string; position: string; transaction_id: string }>`with ${sql.join(parts)}
-    select e.id, e.position::text as position, e.transaction_id::text as transaction_id from ${from}`
-}
-
-const loggedFields = (e: PendingEvent, m: CommandMeta): LoggedFields => ({
-  id: e.id,
-  type: e.type,
-  schemaVersion: e.schemaVersion,
-  zoneId: m.zoneId,
-  aggregateType: e.aggregateType,
-  aggregateId: e.aggregateId,
-  sequence: e.sequence,
-  occurredAt: m.now.toISOString(),
-  actor: m.actor,
-  correlationId: m.correlationId,
-  causationId: m.causationId ?? null,
-  data: e.data
-})
 
 const runOnce = async <S, C, E extends DomainEvent, Err, R>(
   db: Kysely<Tables>,
@@ -255,14 +281,15 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
 ): Promise<Outcome<R>> => {
   const scope = `${x.aggregate.type}:${x.meta.zoneId}`
   let lastPlan: Plan<S, R> | undefined
-  const planned = async (conn: Kysely<Tables> | Transaction<Tables>) => (lastPlan = await plan(conn, registry, x, scope, cache))
-  const write = async (conn: Kysely<Tables> | Transaction<Tables>, p: Plan<S, R>) => {
+  const write = async (conn: Kysely<Tables> | Transaction<Tables>) => {
+    const p = (lastPlan = await plan(conn, registry, x, scope, cache))
     if (p.replayed) return { result: p.result, events: [], replayed: true }
     if (p.pending.length === 0) return { result: p.result, events: [], replayed: false }
+    const capacity = x.capacity?.(p.state, p.pending, x.meta)
     try {
       const projection = x.projectSql ? x.projectSql(p.state, p.pending, x.meta) : []
-      const guard = x.guardSql?.(p.state, p.pending, x.meta)
-      const { rows } = await writeStatement(x, p.pending, projection, guard, scope, p.result).execute(conn)
+      const statement = writeStatement(x, p.pending, projection, capacity?.sql, scope, p.result)
+      const { rows } = await statement.execute(conn)
       const assigned = new Map(rows.map((r) => [r.id, r]))
       const stored = p.pending.map((e): EventRow => ({
         position: assigned.get(e.id)!.position,
@@ -285,16 +312,21 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
     } catch (e) {
       cache.delete(cacheKey(x))
       if (isUniqueViolation(e, "events_aggregate_type_aggregate_id_sequence_key")) throw new SequenceConflict(`${x.aggregate.type}/${x.id}`)
-      const refused = x.rejectOnWrite?.(e)
+      const refused = capacity?.refusal?.(e)
       if (refused !== undefined) throw new DomainRejection(refused)
       throw e
     }
   }
-  // Without a code projection the command needs no transaction: the read is optimistic
-  // (the unique sequence catches a concurrent writer) and the write is one statement.
-  const outcome = x.project === undefined && x.prepare === undefined
-    ? await write(db, await planned(db))
-    : await db.transaction().execute(async (trx) => write(trx, await planned(trx)))
+  // Without a code projection or facts to read, the command needs no transaction: the read
+  // is optimistic (the unique sequence catches a concurrent writer) and the write is one statement.
+  const outcome = x.project === undefined && x.readFacts === undefined
+    ? await write(db)
+    : await db.transaction().execute(async (trx) => {
+      // Announce this transaction as an event writer before it can be given a transaction id:
+      // log readers hold back for event writers only (see eventstore.ts, readLog's horizon).
+      await sql`lock table events in row exclusive mode`.execute(trx)
+      return write(trx)
+    })
   if (lastPlan && !lastPlan.replayed && lastPlan.pending.length > 0) {
     cache.set(cacheKey(x), { state: lastPlan.state, sequence: lastPlan.sequence })
     outboxSignal.committed(x.producer)
@@ -303,30 +335,43 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
 }
 
 /**
+ * Postgres could not be used (down, restarting, overloaded, cancelled): a 503 with a retry.
+ * Any other SQL error is the statement's fault, a bug: a defect, a 500.
+ */
+export const isUnavailable = (e: unknown): boolean => {
+  const code = typeof e === "object" && e !== null ? (e as { code?: unknown }).code : undefined
+  if (typeof code !== "string" || !/^[0-9A-Z]{5}$/.test(code)) return true // a network error, not an SQL one
+  return /^(08|53|57|58)/.test(code) || code === "55P03" || code === "40001" || code === "40P01"
+}
+
+/**
  * Runs a command. Domain errors fail with the decider's error type; a sequence conflict
  * (another writer of the same aggregate committed first) reloads and retries, up to
  * MAX_ATTEMPTS; a repeated idempotency key returns the first result without new events.
+ * Postgres unavailable fails with DbError (503); a bug is a defect (500).
  */
 export const execute = <S, C, E extends DomainEvent, Err, R>(
   database: DatabaseShape,
   registry: EventRegistry,
   x: Execution<S, C, E, Err, R>
-): Effect.Effect<Outcome<R>, Err | DbError | ConcurrencyExhausted> =>
+): Effect.Effect<Outcome<R>, Err | IdempotencyKeyReused | DbError | ConcurrencyExhausted> =>
   Effect.gen(function*() {
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
       const exit = yield* Effect.exit(Effect.tryPromise({
         // "new" is a hint for the first try only: after a conflict the aggregate exists
-      try: () => runOnce(database.db, registry, attempt === 1 ? x : { ...x, isNew: false }, cacheFor(database)),
+        try: () => runOnce(database.db, registry, attempt === 1 ? x : { ...x, isNew: false }, cacheFor(database)),
         catch: (e) => e
       }))
       if (Exit.isSuccess(exit)) return exit.value
       const error = Cause.squash(exit.cause)
-      if (error instanceof DomainRejection) return yield* Effect.fail(error.error as Err)
+      if (error instanceof DomainRejection) return yield* Effect.fail(error.error as Err | IdempotencyKeyReused)
+      if (error instanceof CommandDefect) return yield* Effect.die(error.cause)
       // a concurrent first use of the same idempotency key: the retry finds its result
-      const retryable = error instanceof SequenceConflict || isUniqueViolation(error, "command_results_pkey")
-      if (!retryable) return yield* new DbError({ cause: error })
+      const retryable = error instanceof SequenceConflict || isUniqueViolation(error, "command_results_pkey") ||
+        (typeof error === "object" && error !== null && ["40001", "40P01"].includes((error as { code?: string }).code ?? ""))
+      if (!retryable) return yield* (isUnavailable(error) ? new DbError({ cause: error }) : Effect.die(error))
       // jitter spreads the losers out so that the next round has fewer collisions
       yield* Effect.sleep(`${Math.floor(Math.random() * Math.min(50, 2 ** attempt))} millis`)
     }
     return yield* new ConcurrencyExhausted({ aggregate: `${x.aggregate.type}/${x.id}`, attempts: MAX_ATTEMPTS })
-  })
+  }).pipe(Effect.withSpan("command.execute", { attributes: { aggregate: x.aggregate.type } }))

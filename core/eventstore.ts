@@ -123,11 +123,36 @@ export interface LogFilter {
 }
 
 /**
- * Reads the log after `cursor` without gaps. Positions are allocated at insert, not at
- * commit, so a reader of `position > last` would skip a row whose transaction commits
- * after a higher position was read. Only rows of transactions older than every running
- * one (below the snapshot's xmin) are returned, in (transaction id, position) order;
- * a row still in flight is therefore never overtaken.
+ * The log's horizon: every event of a transaction below it has committed (or never will), so
+ * a reader that stops below it never overtakes a row still in flight. Positions are allocated
+ * at insert, not at commit, hence the need.
+ *
+ * It is the oldest transaction of this statement's snapshot that may have appended events,
+ * not the snapshot's xmin: xmin counts every open transaction on the server (a report, a
+ * backup, a session left idle in another database) and one of those would stall every reader.
+ * A transaction in the snapshot is passed over only when it is still running and holds no
+ * lock on the events table: it has appended nothing (an INSERT takes that lock for the rest
+ * of the transaction). Event writers take the lock before they are given a transaction id —
+ * a single INSERT statement locks at parse, a multi-statement command locks first (see
+ * command.ts) — so one that has no id yet will get one above this horizon. A transaction that
+ * ended after the snapshot was taken still counts: its rows may be invisible to it.
+ */
+export const HORIZON = sql`(
+  select coalesce(min(x.xid), pg_snapshot_xmax(pg_current_snapshot()))
+  from pg_snapshot_xip(pg_current_snapshot()) as x(xid)
+  where not exists (
+    select 1 from pg_locks t
+    where t.locktype = 'transactionid' and t.mode = 'ExclusiveLock' and t.granted
+      and t.transactionid::text = (x.xid::text::bigint % 4294967296)::text
+      and not exists (
+        select 1 from pg_locks r
+        where r.virtualtransaction = t.virtualtransaction and r.locktype = 'relation'
+          and r.relation = 'events'::regclass
+          and r.database = (select oid from pg_database where datname = current_database()))))`
+
+/**
+ * Reads the log after `cursor` without gaps: only rows below the horizon (see HORIZON), in
+ * (transaction id, position) order, so a row still in flight is never overtaken.
  */
 export const readLog = async (
   db: Kysely<Tables> | Transaction<Tables>,
@@ -136,8 +161,7 @@ export const readLog = async (
   filter: LogFilter = {}
 ): Promise<ReadonlyArray<EventRow>> => {
   const conditions = [sql`(transaction_id, position) > (${cursor.transactionId}::xid8, ${cursor.position}::bigint)`]
-  // xids are cluster-wide: a long transaction in any database of the cluster holds this back
-  if (filter.horizon !== false) conditions.push(sql`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`)
+  if (filter.horizon !== false) conditions.push(sql`transaction_id < ${HORIZON}`)
   if (filter.zoneId !== undefined) conditions.push(sql`zone_id = ${filter.zoneId}`)
   if (filter.aggregateType !== undefined) conditions.push(sql`aggregate_type = ${filter.aggregateType}`)
   if (filter.aggregateId !== undefined) conditions.push(sql`aggregate_id = ${filter.aggregateId}`)
@@ -151,8 +175,24 @@ export const readLog = async (
   return rows
 }
 
-/** The oldest transaction still running: every row with a lower transaction id has committed or never will. */
+/** The current horizon (see HORIZON): every event of a lower transaction id has committed or never will. */
 export const logHorizon = async (db: Kysely<Tables> | Transaction<Tables>): Promise<string> =>
-  (await sql<{ x: string }>`select pg_snapshot_xmin(pg_current_snapshot())::text as x`.execute(db)).rows[0]!.x
+  (await sql<{ x: string }>`select ${HORIZON}::text as x`.execute(db)).rows[0]!.x
+
+/** The next transaction id: every transaction that has begun writing events has a lower one, or none yet. */
+export const nextTransaction = async (db: Kysely<Tables> | Transaction<Tables>): Promise<bigint> =>
+  BigInt((await sql<{ x: string }>`select pg_snapshot_xmax(pg_current_snapshot())::text as x`.execute(db)).rows[0]!.x)
+
+/**
+ * Waits until every event writer that had begun by `target` has ended, so that a catch-up
+ * that found nothing more to read has really seen everything committed before it started.
+ */
+export const awaitWriters = async (db: Kysely<Tables>, target: bigint, timeoutMs = 60_000): Promise<void> => {
+  const deadline = Date.now() + timeoutMs
+  while (BigInt(await logHorizon(db)) < target) {
+    if (Date.now() > deadline) throw new Error(`event writers older than transaction ${target} still running after ${timeoutMs} ms`)
+    await new Promise((r) => setTimeout(r, 10))
+  }
+}
 
 export const cursorOf = (r: EventRow): LogCursor => ({ transactionId: r.transaction_id, position: r.position })

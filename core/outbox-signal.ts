@@ -3,6 +3,9 @@
 // leader LISTENs to. NOTIFY is not used always because it takes a database-wide lock at
 // commit, which serialises every committing command (measured: about a third of the
 // write throughput).
+/** The NOTIFY channel that wakes a relay led by another process. */
+export const OUTBOX_CHANNEL = "caracal_outbox"
+
 type Wake = () => void
 
 const waiters = new Map<string, Set<Wake>>()

@@ -46,7 +46,17 @@ export interface CommandResultsTable {
   scope: string
   idempotency_key: string
   result: Json
+  /** The canonical body the key was first used with (null for commands that have none). */
+  fingerprint: string | null
   created_at: Generated<Date>
+}
+
+/** Relay leadership per producer: a lease with a fencing epoch. */
+export interface RelayLeasesTable {
+  producer: string
+  epoch: string
+  holder: string | null
+  expires_at: Date
 }
 
 /** Per-aggregate checkpoints of a projection, written in the transaction of its effect. */
@@ -71,4 +81,5 @@ export interface Tables {
   command_results: CommandResultsTable
   projection_checkpoints: ProjectionCheckpointsTable
   projection_cursors: ProjectionCursorsTable
+  relay_leases: RelayLeasesTable
 }

@@ -14,7 +14,8 @@ import type { SigningKey } from "../../core/signing.ts"
 import { events } from "../../schemas/events.ts"
 import { type Constraints, delegation, type EndpointFacts, type InboundFacts } from "./domain/delegation.ts"
 import { type AgentKind, type Limits, limitRejection, type ParentFacts, session, type SessionCommand, type SessionState } from "./domain/session.ts"
-import { statementFor } from "./projection.ts"
+import { changesFor } from "./projection.ts"
+import { changeSql, foldChanges } from "../../core/row-changes.ts"
 
 export const PRODUCER = "coordinator"
 
@@ -41,12 +42,14 @@ const REVOCATIONS = new Set(["AgentTerminated", "DelegationRevoked"])
 export const streamsFor = (keys: Keys) => (e: PendingEvent) =>
   REVOCATIONS.has(e.type) ? [keys.stream(e.aggregateType), keys.stream("revocation")] : [keys.stream(e.aggregateType)]
 
-/** The tables' changes ride in the statement that appends the events (see projection.ts). */
+/**
+ * The tables' changes ride in the statement that appends the events (see projection.ts),
+ * folded so that each row is written once however many events the command emitted.
+ */
 const projectInline = (_state: unknown, pending: ReadonlyArray<PendingEvent>, meta: CommandMeta) =>
-  pending.flatMap((e) => {
-    const statement = statementFor({ type: e.type, zoneId: meta.zoneId, aggregateId: e.aggregateId, occurredAt: meta.now.toISOString(), data: e.data })
-    return statement ? [statement] : []
-  })
+  foldChanges(pending.flatMap((e) =>
+    changesFor({ type: e.type, zoneId: meta.zoneId, aggregateId: e.aggregateId, occurredAt: meta.now.toISOString(), data: e.data })
+  )).map(changeSql)
 
 const metaOf = (c: Caller): CommandMeta => ({
   zoneId: c.zoneId,
@@ -75,8 +78,15 @@ const LIMIT_STATE = "CA429"
 /** A session that ends gives its places back (zone, application, parent), in the order spawns take them. */
 const releaseOnEnd = (state: SessionState, pending: ReadonlyArray<PendingEvent>, meta: CommandMeta) =>
   state.status !== "none" && pending.some((e) => e.type === "AgentTerminated")
-    ? sql`coordinator_release(${meta.zoneId}, ${state.applicationId}, ${state.parentId})`
+    ? { sql: sql`coordinator_release(${meta.zoneId}, ${state.applicationId}, ${state.parentId})` }
     : undefined
+
+/** A spawn's idempotency key returns its session only while that session lives (existing SDKs reuse keys). */
+const whileSessionLives = async (db: Kysely<Tables> | Transaction<Tables>, result: { id: string }) => {
+  const { rows } = await sql<{ live: boolean }>`select status <> 'terminated' and expires_at > now() as live
+    from agent_sessions where id = ${result.id}`.execute(db)
+  return rows[0]?.live === true
+}
 
 export interface SpawnRequest {
   readonly applicationId: string
@@ -117,10 +127,12 @@ export const makeCommands = (deps: CoordinatorDeps) => {
           parent,
           limits: deps.limits
         },
-        guardSql: (_state, _pending, meta) =>
-          sql`coordinator_reserve(${meta.zoneId}, ${req.applicationId}, ${parent?.id ?? null}, ${maxPerZone}, ${maxPerApp}, ${maxChildren})`,
-        rejectOnWrite: (e) =>
-          (e as { code?: string }).code === LIMIT_STATE ? limitRejection(String((e as Error).message), deps.limits) : undefined,
+        capacity: (_state, _pending, meta) => ({
+          sql: sql`coordinator_reserve(${meta.zoneId}, ${req.applicationId}, ${parent?.id ?? null}, ${maxPerZone}, ${maxPerApp}, ${maxChildren})`,
+          refusal: (e) =>
+            (e as { code?: string }).code === LIMIT_STATE ? limitRejection(String((e as Error).message), deps.limits) : undefined
+        }),
+        keyPinnedWhile: whileSessionLives,
         result: () => ({ id })
       })
     })
@@ -136,7 +148,7 @@ export const makeCommands = (deps: CoordinatorDeps) => {
       id,
       meta: metaOf(caller),
       command,
-      guardSql: releaseOnEnd,
+      capacity: releaseOnEnd,
       result: () => ({ id })
     })
 
@@ -196,7 +208,7 @@ export const makeCommands = (deps: CoordinatorDeps) => {
           id,
           isNew: true,
           meta,
-          prepare: async (trx) => {
+          readFacts: async (trx) => {
             // edges of one zone are created one at a time: two racing edges could otherwise close a cycle together
             await lockZone(trx, caller.zoneId)
             return {

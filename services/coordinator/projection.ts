@@ -1,9 +1,10 @@
 // The coordinator's tables as a projection of its own events. The command handlers apply
 // it inline (in the statement that appends the events); `caracal projections rebuild
 // coordinator` replays the log through the same function, so the rebuilt tables equal the live ones.
-import { type RawBuilder, sql, type Transaction } from "kysely"
+import { sql, type Transaction } from "kysely"
 import type { Tables } from "../../core/db/tables.ts"
 import type { PgProjection } from "../../core/projection.ts"
+import { changeSql, foldChanges, type RowChange } from "../../core/row-changes.ts"
 import type { Envelope } from "../../schemas/envelope.ts"
 import type { DelegationEvent } from "./domain/delegation.ts"
 import type { SessionEvent } from "./domain/session.ts"
@@ -20,51 +21,86 @@ export interface Projected {
 }
 
 /**
- * The one statement an event makes on the tables. The command handlers run it inside the
- * statement that appends the event (so a command is one round trip), the rebuild runs it
- * per replayed event: both paths share this function, so they cannot drift apart.
+ * What an event does to the tables, as row changes. The command handlers fold a command's
+ * changes and write each row once inside the statement that appends the events (so a
+ * command is one round trip, whatever the number of its events); the rebuild folds a batch
+ * of the log the same way: both paths share this function, so they cannot drift apart.
  */
-export const statementFor = (e: Projected): RawBuilder<unknown> | undefined => {
-  const id = e.aggregateId
-  const at = e.occurredAt
+export const changesFor = (e: Projected): ReadonlyArray<RowChange> => {
+  const key = ["id", e.aggregateId] as const
+  const at = sql`${e.occurredAt}::timestamptz`
+  const session = (op: RowChange["op"], values: RowChange["values"]): ReadonlyArray<RowChange> => [{ table: "agent_sessions", key, op, values }]
+  const edge = (op: RowChange["op"], values: RowChange["values"]): ReadonlyArray<RowChange> => [{ table: "delegation_edges", key, op, values }]
   switch (e.type) {
     case "AgentSpawned": {
       const d = e.data as Data<SessionEvent, "AgentSpawned">
-      return sql`insert into agent_sessions (id, zone_id, application_id, parent_id, root_id, depth, kind, status, ttl_seconds, metadata, created_at, expires_at)
-        values (${id}, ${e.zoneId}, ${d.applicationId}, ${d.parentId}, ${d.rootId}, ${d.depth}, ${d.kind}, 'active', ${d.ttlSeconds},
-          ${JSON.stringify(d.metadata)}::jsonb, ${at}::timestamptz, ${d.expiresAt}::timestamptz)`
+      return session("insert", {
+        zone_id: sql`${e.zoneId}`,
+        application_id: sql`${d.applicationId}`,
+        parent_id: sql`${d.parentId}`,
+        root_id: sql`${d.rootId}`,
+        depth: sql`${d.depth}::int`,
+        kind: sql`${d.kind}`,
+        status: sql`'active'`,
+        suspended_by_cascade: sql`false`,
+        ttl_seconds: sql`${d.ttlSeconds}::int`,
+        metadata: sql`${JSON.stringify(d.metadata)}::jsonb`,
+        created_at: at,
+        expires_at: sql`${d.expiresAt}::timestamptz`
+      })
     }
     case "AgentSuspended": {
       const d = e.data as Data<SessionEvent, "AgentSuspended">
-      return sql`update agent_sessions set status = 'suspended', suspended_by_cascade = ${d.cascade} where id = ${id}`
+      return session("update", { status: sql`'suspended'`, suspended_by_cascade: sql`${d.cascade}::boolean` })
     }
     case "AgentResumed":
-      return sql`update agent_sessions set status = 'active', suspended_by_cascade = false where id = ${id}`
+      return session("update", { status: sql`'active'`, suspended_by_cascade: sql`false` })
     case "AgentTerminated": {
       const d = e.data as Data<SessionEvent, "AgentTerminated">
-      return sql`update agent_sessions set status = 'terminated', suspended_by_cascade = false, ended_at = ${at}::timestamptz,
-        end_reason = ${d.reason}, end_cause_id = ${d.causeId} where id = ${id}`
+      return session("update", {
+        status: sql`'terminated'`,
+        suspended_by_cascade: sql`false`,
+        ended_at: at,
+        end_reason: sql`${d.reason}`,
+        end_cause_id: sql`${d.causeId}`
+      })
     }
     case "DelegationCreated": {
       const d = e.data as Data<DelegationEvent, "DelegationCreated">
-      return sql`insert into delegation_edges (id, zone_id, issuer_application_id, receiver_application_id, source_session_id,
-          target_session_id, scopes, constraints, parent_edge_id, status, created_at, expires_at)
-        values (${id}, ${e.zoneId}, ${d.issuerApplicationId}, ${d.receiverApplicationId}, ${d.sourceSessionId}, ${d.targetSessionId},
-          ${[...d.scopes]}::text[], ${JSON.stringify(d.constraints)}::jsonb, ${d.parentEdgeId}, 'active', ${at}::timestamptz, ${d.expiresAt}::timestamptz)`
+      return edge("insert", {
+        zone_id: sql`${e.zoneId}`,
+        issuer_application_id: sql`${d.issuerApplicationId}`,
+        receiver_application_id: sql`${d.receiverApplicationId}`,
+        source_session_id: sql`${d.sourceSessionId}`,
+        target_session_id: sql`${d.targetSessionId}`,
+        scopes: sql`${[...d.scopes]}::text[]`,
+        constraints: sql`${JSON.stringify(d.constraints)}::jsonb`,
+        parent_edge_id: sql`${d.parentEdgeId}`,
+        status: sql`'active'`,
+        created_at: at,
+        expires_at: sql`${d.expiresAt}::timestamptz`
+      })
     }
     case "DelegationRevoked": {
       const d = e.data as Data<DelegationEvent, "DelegationRevoked">
-      return sql`update delegation_edges set status = 'revoked', revoked_at = ${at}::timestamptz, revoke_reason = ${d.reason},
-        revoke_cause_id = ${d.causeId} where id = ${id}`
+      return edge("update", { status: sql`'revoked'`, revoked_at: at, revoke_reason: sql`${d.reason}`, revoke_cause_id: sql`${d.causeId}` })
     }
     default:
-      return undefined
+      return []
   }
 }
 
-export const applyCoordinatorEvent = async (trx: Transaction<Tables>, e: Envelope): Promise<void> => {
-  const statement = statementFor({ type: e.type, zoneId: e.zoneId, aggregateId: e.aggregate.id, occurredAt: e.occurredAt, data: e.data })
-  if (statement) await statement.execute(trx)
+const projectedOf = (e: Envelope): Projected => ({
+  type: e.type,
+  zoneId: e.zoneId,
+  aggregateId: e.aggregate.id,
+  occurredAt: e.occurredAt,
+  data: e.data
+})
+
+/** Applies events in order, each row written once. */
+export const applyCoordinatorEvents = async (trx: Transaction<Tables>, events: ReadonlyArray<Envelope>): Promise<void> => {
+  for (const change of foldChanges(events.flatMap((e) => changesFor(projectedOf(e))))) await changeSql(change).execute(trx)
 }
 
 export const COORDINATOR_EVENTS = new Set([
@@ -79,7 +115,10 @@ export const COORDINATOR_EVENTS = new Set([
 export const coordinatorProjection: PgProjection = {
   name: "coordinator",
   handles: COORDINATOR_EVENTS,
-  apply: applyCoordinatorEvent,
+  apply: (trx, e) => applyCoordinatorEvents(trx, [e]),
+  applyBatch: applyCoordinatorEvents,
+  // a rebuild holds these against the command handlers, which change them inline
+  tables: ["agent_sessions", "delegation_edges", "session_counts"],
   reset: async (trx) => {
     await sql`delete from delegation_edges`.execute(trx)
     await sql`delete from agent_sessions`.execute(trx)
