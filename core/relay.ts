@@ -1,21 +1,27 @@
 // The outbox relay: publishes committed outbox rows to signed Redis Streams.
 //
-// Order per aggregate is the invariant that shapes it. Two relays claiming interleaved
-// batches could publish an aggregate's sequence 33 before 32, so one relay per producer
-// leads at a time (a Postgres advisory lock held on a dedicated connection; when the
-// leader dies its session ends and a standby takes over within one poll). The leader
-// claims due rows in id order (an aggregate's later event always has a higher id: it
-// could only be written after the earlier one committed), skips an aggregate whose
-// earlier row is backing off, and publishes a batch with one pipelined round trip.
+// Order per aggregate is the invariant that shapes it. Two relays publishing interleaved
+// batches could put an aggregate's sequence 33 before 32, so one relay per producer leads at
+// a time: it holds a lease with a fencing epoch (relay-lease.ts), and every publish carries
+// that epoch to Redis, which refuses it once a later leader has published to the stream
+// (relay-fence.ts). A leader that lost its lease without noticing (frozen, cut off) can
+// therefore add at most what it had in flight before its successor's first publish: those
+// rows are still pending, so the successor publishes them again (duplicates that consumers
+// skip), never an aggregate's later event before an earlier one.
 //
-// Rows are never selected by "id > last sent": a transaction holding a lower id can
-// commit after a higher one was published; status = 'pending' finds it whenever it lands.
+// The leader reads due rows in id order (an aggregate's later event always has a higher id:
+// it could only be written after the earlier one committed), skips an aggregate whose earlier
+// row is backing off, and publishes a batch with one pipelined round trip, one fenced append
+// per stream. Rows are never selected by "id > last sent": a transaction holding a lower id
+// can commit after a higher one was published; status = 'pending' finds it whenever it lands.
 import { Redis } from "ioredis"
 import { sql } from "kysely"
 import pg from "pg"
 import type { Envelope } from "../schemas/envelope.ts"
-import { OUTBOX_CHANNEL } from "./command.ts"
-import { outboxSignal } from "./outbox-signal.ts"
+import { randomUUID } from "node:crypto"
+import { OUTBOX_CHANNEL, outboxSignal } from "./outbox-signal.ts"
+import { type FencedBatch, isFenced, prepareFence, queueFenced } from "./relay-fence.ts"
+import { acquireLease, type Lease, releaseLease, renewLease } from "./relay-lease.ts"
 import type { DatabaseShape } from "./db/database.ts"
 import { type EventRow, OCCURRED_AT_ISO, toEnvelope } from "./eventstore.ts"
 import { sign, type SigningKey } from "./signing.ts"
@@ -29,6 +35,8 @@ export interface RelayOptions {
   readonly batchSize: number
   readonly maxAttempts: number
   readonly signer?: SigningKey | undefined
+  /** How long a lease lasts without renewal: a crashed leader is replaced after at most this long. */
+  readonly leaseMs?: number
   /** Fault injection for tests: runs after XADD, before the rows are marked sent. */
   readonly afterPublish?: (ids: ReadonlyArray<string>) => Promise<void>
   readonly onError?: (error: unknown) => void
@@ -62,8 +70,7 @@ const claim = (database: DatabaseShape, producer: string, limit: number) =>
         where p.producer = o.producer and p.aggregate_key = o.aggregate_key and p.status = 'pending'
           and p.id < o.id and p.next_attempt_at > now())
     order by o.id
-    limit ${limit}
-    for update of o skip locked`.execute(database.db).then((r) => r.rows)
+    limit ${limit}`.execute(database.db).then((r) => r.rows)
 
 const markSent = (database: DatabaseShape, ids: ReadonlyArray<string>) =>
   ids.length === 0 ? Promise.resolve() : sql`
@@ -84,13 +91,18 @@ export interface Relay {
   /** Runs until stop(); resolves when the loop has exited. */
   readonly run: () => Promise<void>
   readonly stop: () => void
-  readonly stats: { published: number; failed: number; leader: boolean }
+  readonly stats: { published: number; failed: number; leader: boolean; epoch: string; fenced: number }
 }
+
+/** The stream refused this relay's epoch: a later leader has taken over. */
+class LostLeadership extends Error {}
+
+export const DEFAULT_LEASE_MS = 5_000
 
 export const makeRelay = (opts: RelayOptions): Relay => {
   let stopped = false
   let wake: (() => void) | undefined
-  const stats = { published: 0, failed: 0, leader: false }
+  const stats = { published: 0, failed: 0, leader: false, epoch: "0", fenced: 0 }
   // a commit signalled while a batch is in flight must not wait for the next poll
   let signalled = false
   const sleep = (ms: number) =>
@@ -106,78 +118,105 @@ export const makeRelay = (opts: RelayOptions): Relay => {
     signalled = true
     wake?.()
   }
-  const lockKey = `caracal-relay:${opts.producer}`
+  const leaseMs = opts.leaseMs ?? DEFAULT_LEASE_MS
+  const holder = `${opts.producer}:${randomUUID()}`
+  prepareFence(opts.redis)
 
-  /** One batch; returns how many rows it handled (0 = nothing due). */
-  const tick = async (): Promise<number> => {
+  /** One batch under the lease's epoch; returns how many rows it handled (0 = nothing due). */
+  const tick = async (lease: Lease): Promise<number> => {
     const rows = await claim(opts.database, opts.producer, opts.batchSize)
     if (rows.length === 0) return 0
+    const byStream = new Map<string, Array<ClaimedRow>>()
+    for (const r of rows) byStream.set(r.stream, [...(byStream.get(r.stream) ?? []), r])
+    const batches = [...byStream.entries()]
     const pipeline = opts.redis.pipeline()
-    for (const r of rows) pipeline.xadd(r.stream, "*", ...entryFields(r.stream, toEnvelope(r), opts.signer))
+    for (const [stream, streamRows] of batches) {
+      const batch: FencedBatch = { stream, entries: streamRows.map((r) => entryFields(stream, toEnvelope(r), opts.signer)) }
+      queueFenced(opts.redis, pipeline, lease.epoch, batch)
+    }
     // Redis unreachable throws here: not the rows' fault, so no attempt is charged; the loop backs off
     const results = await pipeline.exec()
     const sent: Array<string> = []
     const failed: Array<{ id: string; attempts: number; error: string }> = []
-    rows.forEach((r, i) => {
-      const err = results?.[i]?.[0]
-      if (!err) sent.push(r.outbox_id)
-      else if (isReplyError(err)) failed.push({ id: r.outbox_id, attempts: r.attempts, error: err.message })
-      else throw err
+    let fenced = false
+    batches.forEach(([, streamRows], i) => {
+      const [err, reply] = results?.[i] ?? [new Error("no reply"), null]
+      if (err && isFenced(err)) fenced = true
+      else if (err && isReplyError(err)) for (const r of streamRows) failed.push({ id: r.outbox_id, attempts: r.attempts, error: err.message })
+      else if (err) throw err
+      else {
+        ;(reply as Array<string>).forEach((id, j) => {
+          const r = streamRows[j]!
+          if (id.startsWith("ERR ")) failed.push({ id: r.outbox_id, attempts: r.attempts, error: id.slice(4) })
+          else sent.push(r.outbox_id)
+        })
+      }
     })
     if (opts.afterPublish) await opts.afterPublish(sent)
+    // what was appended under a still-valid epoch is published, whoever leads now
     await markSent(opts.database, sent)
+    if (fenced) throw new LostLeadership(`epoch ${lease.epoch} fenced off`)
     await markFailed(opts.database, failed, opts.maxAttempts)
     stats.published += sent.length
     stats.failed += failed.length
     return rows.length
   }
 
+  const lead = (lease: Lease | undefined) => {
+    stats.leader = lease !== undefined
+    if (lease) stats.epoch = lease.epoch.toString()
+    outboxSignal.setLeading(opts.producer, stats.leader)
+    return lease
+  }
+
   const run = async () => {
     // commands committed in this process wake the relay directly (see outbox-signal.ts)
     const unsubscribe = outboxSignal.subscribe(opts.producer, signal)
     let listener: pg.Client | undefined
+    let lease: Lease | undefined
     let failures = 0
     while (!stopped) {
       try {
         if (listener === undefined) {
           const client = new pg.Client({ connectionString: opts.databaseUrl })
-          client.on("error", () => {}) // a dropped connection is noticed by the next query
+          client.on("error", () => { if (listener === client) listener = undefined })
           await client.connect()
           listener = client
           client.on("notification", signal)
           await client.query(`listen ${OUTBOX_CHANNEL}`)
         }
-        if (!stats.leader) {
-          const { rows } = await listener.query<{ ok: boolean }>("select pg_try_advisory_lock(hashtext($1)) as ok", [lockKey])
-          stats.leader = rows[0]?.ok === true
-          outboxSignal.setLeading(opts.producer, stats.leader)
-          if (!stats.leader) {
-            await sleep(opts.pollMs)
+        // renew a third of the way into the lease; a standby asks at every poll
+        if (lease === undefined || performance.now() > lease.validUntil - (leaseMs * 2) / 3) {
+          lease = lead(lease === undefined
+            ? await acquireLease(opts.database, opts.producer, holder, leaseMs)
+            : await renewLease(opts.database, opts.producer, holder, lease, leaseMs))
+          if (lease === undefined) {
+            await sleep(Math.min(opts.pollMs, leaseMs / 2))
             continue
           }
         }
-        const handled = await tick()
+        const handled = await tick(lease)
         failures = 0
         // a full batch means more is probably due: go again at once
-        if (handled < opts.batchSize) await sleep(opts.pollMs)
+        if (handled < opts.batchSize) await sleep(Math.min(opts.pollMs, leaseMs / 3))
       } catch (e) {
+        if (e instanceof LostLeadership) {
+          stats.fenced++
+          lease = lead(undefined)
+          continue
+        }
         opts.onError?.(e)
         failures++
-        if (listener && !(await listener.query("select 1").then(() => true, () => false))) {
-          // the lock lived in that session: leadership is gone with it
-          await listener.end().catch(() => undefined)
-          listener = undefined
-          stats.leader = false
-          outboxSignal.setLeading(opts.producer, false)
-        }
+        // past its local deadline the lease may be another's: stop leading until renewed
+        if (lease !== undefined && performance.now() > lease.validUntil) lease = lead(undefined)
         // capped low: when Redis or Postgres returns, publishing resumes within seconds
         await sleep(Math.min(5_000, Math.max(50, backoffMs(failures))))
       }
     }
     unsubscribe()
-    if (stats.leader) outboxSignal.setLeading(opts.producer, false)
+    if (lease !== undefined) await releaseLease(opts.database, opts.producer, holder, lease).catch(() => undefined)
+    lead(undefined)
     if (listener) await listener.end().catch(() => undefined)
-    stats.leader = false
   }
 
   return {

@@ -8,11 +8,16 @@ export interface Keys {
   readonly stream: (aggregateType: string, shard?: number) => string
   /** The dead-letter stream beside a stream. */
   readonly deadLetters: (stream: string) => string
+  /** The highest relay epoch that published to a stream (same hash slot as the stream). */
+  readonly fence: (stream: string) => string
   /** A rate-limit counter (lives in db1). */
   readonly rateLimit: (scope: string, id: string) => string
   /** Any other key, namespaced. */
   readonly key: (...parts: ReadonlyArray<string>) => string
 }
+
+/** The fence beside a stream: the stream's name carries the hash tag, so the suffix keeps the slot. */
+export const fenceKey = (stream: string) => `${stream}:fence`
 
 const SAFE = /^[A-Za-z0-9_.:-]+$/
 
@@ -29,6 +34,7 @@ export const makeKeys = (prefix = "caracal"): Keys => {
     prefix,
     stream,
     deadLetters: (s) => `${s}:dlq`,
+    fence: fenceKey,
     rateLimit: (scope, id) => `${prefix}:rl:{${part(scope)}}:${part(id)}`,
     key: (...parts) => [prefix, ...parts.map(part)].join(":")
   }
