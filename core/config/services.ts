@@ -65,6 +65,7 @@ export const api = {
 export const gateway = {
   ...common,
   STS_URL: required(httpUrl, "Internal URL of the STS service"),
+  ISSUER_URL: defaultFrom(httpUrl, "STS_URL", "The `iss` every accepted mandate must carry (the STS's issuer URL); default STS_URL"),
   BINDINGS_RELOAD_MS: withDefault(ms, "30000", "How often (ms) to reload resource bindings from Postgres"),
   JTI_CACHE_SIZE: withDefault(count, "10000", "Maximum entries in the JTI replay cache"),
   STREAMS_HMAC_KEY: streamsKey,
@@ -75,6 +76,7 @@ export const gateway = {
 export const coordinator = {
   ...common,
   STS_URL: required(httpUrl, "Internal URL of the STS service, whose per-zone JWKS verifies callers' mandates"),
+  ISSUER_URL: defaultFrom(httpUrl, "STS_URL", "The `iss` every accepted mandate must carry (the STS's issuer URL); default STS_URL"),
   JWKS_COOLDOWN_MS: withDefault(p.int(0, 3_600_000), "30000", "Least time between two JWKS fetches for a zone when an unknown key id arrives"),
   OUTBOX_POLL_MS: withDefault(ms, "1000", "Milliseconds between outbox poll cycles"),
   OUTBOX_BATCH_SIZE: withDefault(p.int(1, 10_000), "50", "Events per outbox poll batch"),

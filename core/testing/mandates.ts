@@ -1,21 +1,29 @@
-// A stand-in STS for tests: per-zone signing keys, the JWKS endpoint exactly as the STS serves
-// it (GET /.well-known/jwks.json?zone_id=<zone>), and mandates minted the way the STS will mint
-// them (see services/coordinator/auth.ts for the claims). It counts JWKS requests per zone so
-// tests can see the verifier's cache, and it can forge: sign with keys it never publishes,
-// mint expired mandates, or answer with an outage status.
+// A stand-in mandate issuer for tests: per-zone signing keys, the JWKS endpoint exactly as the
+// issuer serves it (GET /.well-known/jwks.json?zone_id=<zone>), and mandates minted the way the
+// issuer mints them (see core/mandate/verify.ts for the claims: iss, use, aud, ...). It counts
+// JWKS requests per zone so tests can see the verifier's cache, and it can forge: sign with keys
+// it never publishes, mint expired mandates, or answer with an outage status.
 import { randomBytes, randomUUID } from "node:crypto"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
 import { exportJWK, generateKeyPair, type JWK, SignJWT } from "jose"
 
 export type MandateAlg = "ES256" | "EdDSA" | "RS256"
+export type MintUse = "ambient" | "per_call"
 
 export interface MintClaims {
   readonly zone_id: string
   readonly client_id: string
   readonly scope: string
   readonly sub?: string
+  /** The issuer's own URL by default. */
   readonly iss?: string
+  /** "ambient" by default. */
+  readonly use?: MintUse
+  /** Per-call: the granted resource identifiers, which become `aud`. */
+  readonly resources?: ReadonlyArray<string>
+  /** Wins over the default: the issuer for ambient mandates, `resources` for per-call ones. */
+  readonly aud?: string | ReadonlyArray<string>
   readonly jti?: string
   readonly iat?: number
   readonly nbf?: number
@@ -43,8 +51,10 @@ export interface MintOptions {
 }
 
 export interface TestSts {
-  /** Base URL, e.g. http://127.0.0.1:43121 — also the default `iss`. */
+  /** Base URL, e.g. http://127.0.0.1:43121 — also the default issuer. */
   readonly url: string
+  /** The `iss` it mints, and the `aud` of its ambient mandates. */
+  readonly issuer: string
   readonly mint: (claims: MintClaims, opts?: MintOptions) => Promise<string>
   /** Creates the zone's first key; a no-op when the zone exists. Returns its current kid. */
   readonly addZone: (zone: string, opts?: { readonly alg?: MandateAlg }) => Promise<string>
@@ -53,6 +63,8 @@ export interface TestSts {
   readonly currentKid: (zone: string) => string
   /** JWKS requests that named this zone, known to the STS or not. */
   readonly jwksRequests: (zone: string) => number
+  /** JWKS requests of every zone together. */
+  readonly jwksRequestsTotal: () => number
   /** While set, every JWKS request answers with this status (e.g. 500); undefined ends the outage. */
   readonly outage: (status: number | undefined) => void
   readonly stop: () => Promise<void>
@@ -69,6 +81,8 @@ interface ZoneKey {
 export interface TestStsOptions {
   /** Zones created at start, each with one ES256 key. */
   readonly zones?: ReadonlyArray<string>
+  /** The issuer URL it mints as `iss`; its own base URL by default. */
+  readonly issuer?: string
 }
 
 const newKey = async (zone: string, alg: MandateAlg): Promise<ZoneKey> => {
@@ -87,6 +101,7 @@ export const startTestSts = async (opts: TestStsOptions = {}): Promise<TestSts> 
   // newest key last: the last entry is the zone's current signing key
   const zones = new Map<string, Array<ZoneKey>>()
   const requests = new Map<string, number>()
+  let requestsTotal = 0
   let outageStatus: number | undefined
 
   const handle = (req: IncomingMessage, res: ServerResponse) => {
@@ -95,6 +110,7 @@ export const startTestSts = async (opts: TestStsOptions = {}): Promise<TestSts> 
     const zone = url.searchParams.get("zone_id")
     if (zone === null || zone === "") return json(res, 400, { error: "invalid_request", error_description: "zone_id is required" })
     requests.set(zone, (requests.get(zone) ?? 0) + 1)
+    requestsTotal++
     if (outageStatus !== undefined) return json(res, outageStatus, { error: "server_error" })
     const keys = zones.get(zone)
     if (keys === undefined) return json(res, 404, { error: "not_found", error_description: "unknown zone" })
@@ -107,6 +123,7 @@ export const startTestSts = async (opts: TestStsOptions = {}): Promise<TestSts> 
     server.listen(0, "127.0.0.1", () => resolve())
   })
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const issuer = opts.issuer ?? url
 
   const current = (zone: string): ZoneKey => {
     const key = zones.get(zone)?.at(-1)
@@ -133,8 +150,12 @@ export const startTestSts = async (opts: TestStsOptions = {}): Promise<TestSts> 
       ? await newKey(claims.zone_id, zones.get(claims.zone_id)?.at(-1)?.alg ?? "ES256")
       : current(o.signWithZone ?? claims.zone_id)
     const iat = claims.iat ?? Math.floor(Date.now() / 1000)
+    const use = claims.use ?? "ambient"
+    const aud = claims.aud ?? (use === "ambient" ? issuer : [...(claims.resources ?? [])])
     const payload: Record<string, unknown> = {
-      iss: claims.iss ?? url,
+      iss: claims.iss ?? issuer,
+      use,
+      aud,
       sub: claims.sub ?? "agent:test",
       zone_id: claims.zone_id,
       client_id: claims.client_id,
@@ -158,11 +179,13 @@ export const startTestSts = async (opts: TestStsOptions = {}): Promise<TestSts> 
 
   return {
     url,
+    issuer,
     mint,
     addZone,
     rotate,
     currentKid: (zone) => current(zone).kid,
     jwksRequests: (zone) => requests.get(zone) ?? 0,
+    jwksRequestsTotal: () => requestsTotal,
     outage: (status) => {
       outageStatus = status
     },

@@ -42,7 +42,7 @@ export class Coordinator extends Context.Service<Coordinator, {
         defaultTtlSeconds: vars.DEFAULT_TTL_SECONDS
       }
     })
-    const verifier = makeMandateVerifier({ stsUrl: vars.STS_URL, cooldownMs: vars.JWKS_COOLDOWN_MS })
+    const verifier = makeMandateVerifier({ stsUrl: vars.STS_URL, issuer: vars.ISSUER_URL, cooldownMs: vars.JWKS_COOLDOWN_MS })
     return {
       commands,
       queries: makeQueries(database.db),

@@ -1,16 +1,16 @@
-// The coordinator's mandate verifier against the test STS over loopback: real keys, a real
-// JWKS endpoint, real HTTP fetches counted per zone.
+// The mandate verifier (core/mandate, with the coordinator's rules on top) against the test STS
+// over loopback: real keys, a real JWKS endpoint, real HTTP fetches counted per zone.
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { importJWK, SignJWT } from "jose"
+import { generateKeyPair, importJWK, SignJWT } from "jose"
 import { randomBytes } from "node:crypto"
 import net from "node:net"
+import { makeMandateVerifier as makeCoreVerifier } from "../../core/mandate/verify.ts"
 import { type MandateAlg, type MintClaims, startTestSts, type TestSts } from "../../core/testing/index.ts"
 import {
   actsFor,
   authenticate,
-  AuthError,
-  type MandateVerifierOptions,
+  type CoordinatorVerifierOptions,
   makeMandateVerifier,
   requireActsFor
 } from "../../services/coordinator/auth.ts"
@@ -30,7 +30,7 @@ const freshZone = async (alg?: MandateAlg) => {
   await sts.addZone(zone, alg === undefined ? {} : { alg })
   return zone
 }
-const verifierFor = (o: Partial<MandateVerifierOptions> = {}) => makeMandateVerifier({ stsUrl: sts.url, ...o })
+const verifierFor = (o: Partial<CoordinatorVerifierOptions> = {}) => makeMandateVerifier({ stsUrl: sts.url, issuer: sts.issuer, ...o })
 const lifecycle = (zone: string, over: Partial<MintClaims> = {}): MintClaims => ({
   zone_id: zone,
   client_id: "app-1",
@@ -130,7 +130,7 @@ describe("when the mandate is not valid", () => {
     await v.verify(await sts.mint(lifecycle(zone)), zone)
     const jwks = (await (await fetch(`${sts.url}/.well-known/jwks.json?zone_id=${zone}`)).json()) as { keys: Array<{ x: string }> }
     const secret = new TextEncoder().encode(JSON.stringify(jwks.keys[0]))
-    const token = await new SignJWT({ iss: sts.url, sub: "a", zone_id: zone, client_id: "app-1", scope: "agent:lifecycle", jti: "j", iat: now(), exp: now() + 60 })
+    const token = await new SignJWT({ iss: sts.issuer, use: "ambient", aud: sts.issuer, sub: "a", zone_id: zone, client_id: "app-1", scope: "agent:lifecycle", jti: "j", iat: now(), exp: now() + 60 })
       .setProtectedHeader({ alg: "HS256", kid: sts.currentKid(zone) })
       .sign(secret)
     await expectError(v.verify(token, zone), 401, "invalid_token")
@@ -139,7 +139,7 @@ describe("when the mandate is not valid", () => {
   it("is 401 when a required claim is missing", async () => {
     const zone = await freshZone()
     const v = verifierFor()
-    for (const claim of ["zone_id", "client_id", "scope", "sub", "jti", "exp", "iss"]) {
+    for (const claim of ["zone_id", "client_id", "scope", "sub", "jti", "exp", "iat", "iss", "use", "aud"]) {
       const e = await expectError(v.verify(await sts.mint(lifecycle(zone), { omit: [claim] }), zone), 401, "invalid_token")
       assert.include(e.description, claim)
     }
@@ -147,12 +147,39 @@ describe("when the mandate is not valid", () => {
     await expectError(v.verify(await sts.mint(lifecycle(zone, { extra: { agent_session_id: 42 } })), zone), 401, "invalid_token")
   })
 
-  it("checks iss when given an issuer", async () => {
+  it("is 401 for a token from another issuer, even one serving the same zone", async () => {
     const zone = await freshZone()
-    const token = await sts.mint(lifecycle(zone, { iss: "http://elsewhere" }))
-    await verifierFor().verify(token, zone)
-    await expectError(verifierFor({ issuer: sts.url }).verify(token, zone), 401, "invalid_token")
-    await verifierFor({ issuer: sts.url }).verify(await sts.mint(lifecycle(zone)), zone)
+    const v = verifierFor()
+    await expectError(v.verify(await sts.mint(lifecycle(zone, { iss: "http://elsewhere" })), zone), 401, "invalid_token")
+    const other = await startTestSts({ zones: [zone], issuer: "http://other-issuer" })
+    try {
+      const before = sts.jwksRequests(zone)
+      const e = await expectError(v.verify(await other.mint(lifecycle(zone)), zone), 401, "invalid_token")
+      assert.strictEqual(e.description, "mandate issuer not accepted")
+      // refused on its claims: it cost no key fetch
+      assert.strictEqual(sts.jwksRequests(zone), before)
+      assert.strictEqual(other.jwksRequests(zone), 0)
+      // the other issuer's own verifier takes it, ours does not
+      await makeMandateVerifier({ stsUrl: other.url, issuer: other.issuer }).verify(await other.mint(lifecycle(zone)), zone)
+    } finally {
+      await other.stop()
+    }
+    await v.verify(await sts.mint(lifecycle(zone)), zone)
+  })
+
+  it("is 401 for a per-call mandate: the coordinator takes ambient ones only", async () => {
+    const zone = await freshZone()
+    const token = await sts.mint(lifecycle(zone, { use: "per_call", resources: ["mcp:files"] }))
+    const e = await expectError(verifierFor().verify(token, zone), 401, "invalid_token")
+    assert.strictEqual(e.description, "per_call mandate not accepted here")
+    // where per-call mandates for that resource are accepted, it is one
+    const gatewayLike = makeCoreVerifier({ jwksBaseUrl: sts.url, issuer: sts.issuer, accept: { use: "per_call", resource: "mcp:files" } })
+    assert.strictEqual((await gatewayLike.verify(token, zone)).use, "per_call")
+    await expectError(
+      makeCoreVerifier({ jwksBaseUrl: sts.url, issuer: sts.issuer, accept: { use: "per_call", resource: "mcp:other" } }).verify(token, zone),
+      401,
+      "invalid_token"
+    )
   })
 
   it("is 401 when the Authorization header is absent or malformed", async () => {
@@ -276,17 +303,76 @@ describe("the zone key cache", () => {
   })
 })
 
+describe("JWKS fetches for unknown zones", () => {
+  /** Mandates that look right in every claim, for zones the STS has never heard of. */
+  const forgedForZones = async (zones: ReadonlyArray<string>) => {
+    const { privateKey } = await generateKeyPair("ES256")
+    const iat = now()
+    return Promise.all(zones.map((zone) =>
+      new SignJWT({ iss: sts.issuer, use: "ambient", aud: sts.issuer, sub: "agent:x", zone_id: zone, client_id: "app-1", scope: "agent:lifecycle", jti: zone, iat, exp: iat + 300 })
+        .setProtectedHeader({ alg: "ES256", kid: `k-${zone}` })
+        .sign(privateKey)
+    ))
+  }
+
+  it("stay bounded for 1,000 requests with fresh random zone ids, and none is accepted", async () => {
+    const v = verifierFor()
+    const zones = Array.from({ length: 1_000 }, () => `rnd-${randomBytes(8).toString("hex")}`)
+    const tokens = await forgedForZones(zones)
+    const before = sts.jwksRequestsTotal()
+    const started = performance.now()
+    const statuses = new Map<number, number>()
+    // 20 clients at a time, as fast as they can
+    for (let i = 0; i < tokens.length; i += 20) {
+      const batch = tokens.slice(i, i + 20).map((t, j) => rejected(v.verify(t, zones[i + j] as string)))
+      for (const e of await Promise.all(batch)) statuses.set(e.status, (statuses.get(e.status) ?? 0) + 1)
+    }
+    const seconds = (performance.now() - started) / 1000
+    const fetches = sts.jwksRequestsTotal() - before
+    // the defaults: a burst of 50, then 20 per second
+    const bound = 50 + Math.ceil(20 * seconds) + 1
+    console.log(`1,000 requests for fresh unknown zones in ${seconds.toFixed(2)} s: ${fetches} JWKS fetches (bound ${bound}); answers ${JSON.stringify(Object.fromEntries(statuses))}`)
+    assert.isAtMost(fetches, bound)
+    assert.isAtMost(fetches, 200)
+    assert.strictEqual((statuses.get(401) ?? 0) + (statuses.get(503) ?? 0), 1_000)
+    assert.strictEqual(statuses.get(401), fetches)
+  })
+
+  it("share one fetch among concurrent requests for one unknown zone", async () => {
+    const zone = `ghost-${randomBytes(4).toString("hex")}`
+    const v = verifierFor()
+    const tokens = await forgedForZones(Array.from({ length: 40 }, () => zone))
+    const errors = await Promise.all(tokens.map((t) => rejected(v.verify(t, zone))))
+    assert.deepStrictEqual([...new Set(errors.map((e) => `${e.status} ${e.description}`))], ["401 unknown zone"])
+    assert.strictEqual(sts.jwksRequests(zone), 1)
+  })
+
+  it("past the budget, answer 503 for unknown zones while known zones keep verifying", async () => {
+    const zone = await freshZone()
+    const v = verifierFor({ fetchBurst: 3, fetchesPerSecond: 1 })
+    const token = await sts.mint(lifecycle(zone))
+    await v.verify(token, zone)
+    const ghosts = Array.from({ length: 10 }, () => `rnd-${randomBytes(8).toString("hex")}`)
+    const tokens = await forgedForZones(ghosts)
+    const errors = await Promise.all(tokens.map((t, i) => rejected(v.verify(t, ghosts[i] as string))))
+    assert.deepStrictEqual(errors.map((e) => e.status).sort(), [401, 401, 503, 503, 503, 503, 503, 503, 503, 503])
+    assert.deepStrictEqual(errors.filter((e) => e.status === 503).map((e) => e.code), Array(8).fill("temporarily_unavailable"))
+    await v.verify(token, zone)
+    assert.strictEqual(sts.jwksRequests(zone), 1)
+  })
+})
+
 describe("when the STS cannot answer", () => {
   it("is 503 temporarily_unavailable when it is down, and never accepts", async () => {
     const down = await startTestSts({ zones: ["zone-a"] })
     const token = await down.mint(lifecycle("zone-a"))
     await down.stop()
-    await expectError(makeMandateVerifier({ stsUrl: down.url }).verify(token, "zone-a"), 503, "temporarily_unavailable")
+    await expectError(makeMandateVerifier({ stsUrl: down.url, issuer: down.issuer }).verify(token, "zone-a"), 503, "temporarily_unavailable")
   })
 
   it("keeps verifying from cached keys while fresh, then fails closed with 503", async () => {
     const own = await startTestSts({ zones: ["zone-a"] })
-    const v = makeMandateVerifier({ stsUrl: own.url, cacheMaxAgeMs: 300 })
+    const v = makeMandateVerifier({ stsUrl: own.url, issuer: own.issuer, cacheMaxAgeMs: 300 })
     const token = await own.mint(lifecycle("zone-a"))
     await v.verify(token, "zone-a")
     await own.stop()
@@ -308,6 +394,7 @@ describe("when the STS cannot answer", () => {
     await verifierFor().verify(token, zone)
     const garbage = makeMandateVerifier({
       stsUrl: sts.url,
+      issuer: sts.issuer,
       fetch: async () => new Response(JSON.stringify({ keys: "nope" }), { status: 200 })
     })
     await expectError(garbage.verify(token, zone), 503, "temporarily_unavailable")
@@ -319,7 +406,7 @@ describe("when the STS cannot answer", () => {
     await new Promise<void>((r) => silent.listen(0, "127.0.0.1", () => r()))
     const port = (silent.address() as net.AddressInfo).port
     try {
-      const v = makeMandateVerifier({ stsUrl: `http://127.0.0.1:${port}`, timeoutMs: 200 })
+      const v = makeMandateVerifier({ stsUrl: `http://127.0.0.1:${port}`, issuer: sts.issuer, timeoutMs: 200 })
       const token = await sts.mint(lifecycle("zone-a"), { foreignKey: true })
       const e = await expectError(v.verify(token, "zone-a"), 503, "temporarily_unavailable")
       assert.include(e.description, "in time")

@@ -1,17 +1,23 @@
+// Mandate verification without a network: the core verifier (core/mandate) against a key set
+// served from memory, and the coordinator's own rules (services/coordinator/auth.ts).
 import { assert, describe, it } from "@effect/vitest"
-import { SignJWT } from "jose"
+import { Effect, Logger, References } from "effect"
+import { exportJWK, generateKeyPair, SignJWT } from "jose"
+import { makeTokenBucket } from "../../core/mandate/jwks.ts"
 import {
-  actsFor,
+  type Accept,
+  authenticate,
   AuthError,
   authErrorAnswer,
   isZoneId,
   type Mandate,
   makeMandateVerifier,
+  type MandateVerifierOptions,
   MAX_TOKEN_BYTES,
   parseBearer,
-  requireActsFor,
   scopesOf
-} from "../../services/coordinator/auth.ts"
+} from "../../core/mandate/verify.ts"
+import { actsFor, makeMandateVerifier as makeCoordinatorVerifier, requireActsFor } from "../../services/coordinator/auth.ts"
 import { rejected } from "../fixtures/auth.ts"
 
 const thrown = (f: () => unknown): AuthError => {
@@ -27,8 +33,12 @@ const thrown = (f: () => unknown): AuthError => {
 
 const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url")
 const now = () => Math.floor(Date.now() / 1000)
+const ISSUER = "http://sts"
+const AMBIENT: Accept = { use: "ambient", audience: ISSUER }
 const claims = (over: Record<string, unknown> = {}) => ({
-  iss: "http://sts",
+  iss: ISSUER,
+  use: "ambient",
+  aud: ISSUER,
   sub: "agent:1",
   zone_id: "zone-a",
   client_id: "app-1",
@@ -45,8 +55,12 @@ const mandate = (clientId: string, scope: string): Mandate => ({
   zoneId: "zone-a",
   clientId,
   subject: "agent:1",
+  issuer: ISSUER,
+  use: "ambient",
+  audience: [ISSUER],
   scopes: scopesOf(scope),
   jti: "j1",
+  issuedAt: new Date(),
   expiresAt: new Date(Date.now() + 60_000)
 })
 
@@ -54,7 +68,9 @@ const mandate = (clientId: string, scope: string): Mandate => ({
 const offline = () => {
   const fetched: Array<string> = []
   const verifier = makeMandateVerifier({
-    stsUrl: "http://sts.invalid",
+    jwksBaseUrl: "http://sts.invalid",
+    issuer: ISSUER,
+    accept: AMBIENT,
     fetch: async (url) => {
       fetched.push(url)
       throw new Error("no fetch expected")
@@ -165,5 +181,213 @@ describe("the error mapping", () => {
     assert.deepStrictEqual(answer, { status: 403, code: "zone_mismatch", description: "d", internal: false })
     assert.isTrue(authErrorAnswer(new AuthError({ status: 503, code: "temporarily_unavailable", description: "d" }))?.internal)
     assert.isUndefined(authErrorAnswer(new Error("other")))
+  })
+})
+
+/**
+ * A key server in memory: zone-a has one ES256 key (kid k1), zone-empty serves an empty set,
+ * every other zone is 404. `clock` drives both the verifier and the fetch budget.
+ */
+const memoryIssuer = async () => {
+  const { privateKey, publicKey } = await generateKeyPair("ES256", { extractable: true })
+  const jwk = { ...(await exportJWK(publicKey)), kid: "k1", alg: "ES256", use: "sig" }
+  const fetched: Array<string> = []
+  const clock = { ms: Date.now() }
+  const fetch = async (url: string) => {
+    const zone = new URL(url).searchParams.get("zone_id") ?? ""
+    fetched.push(zone)
+    if (zone === "zone-a") return new Response(JSON.stringify({ keys: [jwk] }), { status: 200 })
+    if (zone === "zone-empty") return new Response(JSON.stringify({ keys: [] }), { status: 200 })
+    return new Response(JSON.stringify({ error: "not_found" }), { status: 404 })
+  }
+  const verifier = (o: Partial<MandateVerifierOptions> = {}) =>
+    makeMandateVerifier({ jwksBaseUrl: "http://sts.test", issuer: ISSUER, accept: AMBIENT, fetch, now: () => clock.ms, ...o })
+  const sign = (over: Record<string, unknown> = {}) =>
+    new SignJWT(claims({ iat: Math.floor(clock.ms / 1000), exp: Math.floor(clock.ms / 1000) + 300, ...over }))
+      .setProtectedHeader({ alg: "ES256", kid: "k1" })
+      .sign(privateKey)
+  return { verifier, sign, fetch, fetched, clock }
+}
+
+const expect401 = async (p: Promise<unknown>, description?: string) => {
+  const e = await rejected(p)
+  assert.deepStrictEqual([e.status, e.code], [401, "invalid_token"], e.description)
+  if (description !== undefined) assert.strictEqual(e.description, description)
+  return e
+}
+
+describe("a mandate signed by a served key", () => {
+  it("is accepted as it is, with its use and audience", async () => {
+    const issuer = await memoryIssuer()
+    const m = await issuer.verifier().verify(await issuer.sign(), "zone-a")
+    assert.deepStrictEqual([m.issuer, m.use, m.audience], [ISSUER, "ambient", [ISSUER]])
+  })
+
+  it("is refused with padding or with any character outside base64url, in any part", async () => {
+    const issuer = await memoryIssuer()
+    const v = issuer.verifier()
+    const token = await issuer.sign()
+    const [h, p, s] = token.split(".") as [string, string, string]
+    const pad = (x: string) => x + "=".repeat((4 - (x.length % 4)) % 4)
+    // an ES256 signature is 86 characters: two pad characters make it "valid" padded base64
+    assert.strictEqual(s.length % 4, 2)
+    const padded = [`${h}.${p}.${pad(s)}`, `${pad(h)}.${p}.${s}`, `${h}.${pad(p)}.${s}`, `${h}.${p}.${s}=`, `${h}=.${p}.${s}`]
+    for (const bad of padded.filter((t) => t !== token)) {
+      await expect401(v.verify(bad, "zone-a"), "mandate is not canonical base64url")
+    }
+    const plusSlash = `${h}.${p}.${s.replace(/-/g, "+").replace(/_/g, "/")}`
+    if (plusSlash !== token) await expect401(v.verify(plusSlash, "zone-a"), "mandate is not canonical base64url")
+    for (const junk of [" ", "\n", "%", "!", "."]) {
+      await expect401(v.verify(`${h}.${p}.${s.slice(0, 40)}${junk}${s.slice(40)}`, "zone-a"))
+    }
+    // the last character of 86 carries 2 bits of the signature and 4 unused ones: another
+    // spelling of the same bytes is still refused
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    const last = alphabet.indexOf(s.at(-1) as string)
+    const twin = `${h}.${p}.${s.slice(0, -1)}${alphabet[last ^ 0x01]}`
+    assert.deepStrictEqual(Buffer.from(twin.split(".")[2] as string, "base64url"), Buffer.from(s, "base64url"))
+    await expect401(v.verify(twin, "zone-a"), "mandate is not canonical base64url")
+    await v.verify(token, "zone-a")
+  })
+
+  it("is refused when issued in the future beyond the clock tolerance", async () => {
+    const issuer = await memoryIssuer()
+    const v = issuer.verifier()
+    const now = Math.floor(issuer.clock.ms / 1000)
+    await v.verify(await issuer.sign({ iat: now + 4 }), "zone-a")
+    await expect401(v.verify(await issuer.sign({ iat: now + 60, exp: now + 600 }), "zone-a"), "mandate issued in the future")
+    await expect401(v.verify(await issuer.sign({ iat: "soon" }), "zone-a"), "mandate claim iat invalid")
+    await expect401(v.verify(await issuer.sign({ iat: undefined }), "zone-a"), "mandate claim iat missing")
+  })
+
+  it("is refused when iss is not the configured issuer", async () => {
+    const issuer = await memoryIssuer()
+    const v = issuer.verifier()
+    for (const iss of ["http://elsewhere", "http://sts/", "HTTP://STS", ""]) {
+      await expect401(v.verify(await issuer.sign({ iss }), "zone-a"))
+    }
+    await expect401(v.verify(await issuer.sign({ iss: undefined }), "zone-a"), "mandate claim iss missing")
+    // the same key, another configured issuer
+    await expect401(issuer.verifier({ issuer: "http://other", accept: { use: "ambient", audience: "http://other" } })
+      .verify(await issuer.sign(), "zone-a"), "mandate issuer not accepted")
+  })
+
+  it("is refused per-call where ambient is required, and ambient where per-call is", async () => {
+    const issuer = await memoryIssuer()
+    const ambient = issuer.verifier()
+    const perCall = issuer.verifier({ accept: { use: "per_call", resource: "mcp:files" } })
+    const perCallToken = await issuer.sign({ use: "per_call", aud: ["mcp:files"] })
+    await expect401(ambient.verify(perCallToken, "zone-a"), "per_call mandate not accepted here")
+    // even with the issuer in aud, a per-call mandate is no ambient one
+    await expect401(ambient.verify(await issuer.sign({ use: "per_call", aud: [ISSUER, "mcp:files"] }), "zone-a"))
+    await expect401(perCall.verify(await issuer.sign(), "zone-a"), "ambient mandate not accepted here")
+    await expect401(perCall.verify(await issuer.sign({ aud: ["mcp:files"] }), "zone-a"), "ambient mandate not accepted here")
+    for (const use of [undefined, "both", "", 1]) await expect401(ambient.verify(await issuer.sign({ use }), "zone-a"))
+    const m = await perCall.verify(perCallToken, "zone-a")
+    assert.deepStrictEqual([m.use, m.audience], ["per_call", ["mcp:files"]])
+  })
+
+  it("is refused per-call when aud does not contain the resource", async () => {
+    const issuer = await memoryIssuer()
+    const perCall = issuer.verifier({ accept: { use: "per_call", resource: "mcp:files" } })
+    for (const aud of [["mcp:other"], "mcp:other", [ISSUER], ["mcp:files:x", "mcp:file"], [], "", [7]]) {
+      await expect401(perCall.verify(await issuer.sign({ use: "per_call", aud }), "zone-a"))
+    }
+    await expect401(perCall.verify(await issuer.sign({ use: "per_call", aud: undefined }), "zone-a"), "mandate claim aud missing")
+    await perCall.verify(await issuer.sign({ use: "per_call", aud: ["mcp:other", "mcp:files"] }), "zone-a")
+    await perCall.verify(await issuer.sign({ use: "per_call", aud: "mcp:files" }), "zone-a")
+  })
+
+  it("is refused ambient when aud is not the issuer", async () => {
+    const issuer = await memoryIssuer()
+    for (const aud of ["mcp:files", [], undefined]) await expect401(issuer.verifier().verify(await issuer.sign({ aud }), "zone-a"))
+  })
+})
+
+describe("key set fetches", () => {
+  it("remember a zone whose key set is empty or 404 as unknown, until the negative TTL ends", async () => {
+    const issuer = await memoryIssuer()
+    const v = issuer.verifier({ unknownZoneTtlMs: 10_000 })
+    for (const zone of ["zone-empty", "zone-ghost"]) {
+      for (let i = 0; i < 3; i++) await expect401(v.verify(await issuer.sign({ zone_id: zone }), zone), "unknown zone")
+    }
+    assert.deepStrictEqual(issuer.fetched, ["zone-empty", "zone-ghost"])
+    issuer.clock.ms += 10_001
+    await expect401(v.verify(await issuer.sign({ zone_id: "zone-ghost" }), "zone-ghost"), "unknown zone")
+    assert.deepStrictEqual(issuer.fetched, ["zone-empty", "zone-ghost", "zone-ghost"])
+  })
+
+  it("are shared by concurrent lookups of one zone", async () => {
+    const issuer = await memoryIssuer()
+    const v = issuer.verifier()
+    const tokens = await Promise.all(Array.from({ length: 20 }, () => issuer.sign({ zone_id: "zone-ghost" })))
+    const errors = await Promise.all(tokens.map((t) => rejected(v.verify(t, "zone-ghost"))))
+    assert.isTrue(errors.every((e) => e.status === 401))
+    assert.deepStrictEqual(issuer.fetched, ["zone-ghost"])
+  })
+
+  it("past the global budget answer 503 for zones without keys, while cached zones still verify", async () => {
+    const issuer = await memoryIssuer()
+    const v = issuer.verifier({ fetchesPerSecond: 2, fetchBurst: 3 })
+    const good = await issuer.sign()
+    await v.verify(good, "zone-a")
+    const statuses: Array<number> = []
+    for (let i = 0; i < 10; i++) {
+      const zone = `zone-${i}`
+      statuses.push((await rejected(v.verify(await issuer.sign({ zone_id: zone }), zone))).status)
+    }
+    assert.deepStrictEqual(statuses, [401, 401, 503, 503, 503, 503, 503, 503, 503, 503])
+    assert.strictEqual(issuer.fetched.length, 3)
+    await v.verify(good, "zone-a")
+    issuer.clock.ms += 1_000
+    const after = await Promise.all([11, 12, 13].map(async (i) => rejected(v.verify(await issuer.sign({ zone_id: `zone-${i}` }), `zone-${i}`))))
+    assert.deepStrictEqual(after.map((e) => e.status).sort(), [401, 401, 503])
+    assert.strictEqual(issuer.fetched.length, 5)
+    assert.deepStrictEqual(v.stats().fetches, 5)
+  })
+
+  it("a token bucket refills at its rate up to its burst", () => {
+    const clock = { ms: 0 }
+    const bucket = makeTokenBucket(10, 3, () => clock.ms)
+    assert.deepStrictEqual([bucket.take(), bucket.take(), bucket.take(), bucket.take()], [true, true, true, false])
+    clock.ms += 100
+    assert.deepStrictEqual([bucket.take(), bucket.take()], [true, false])
+    clock.ms += 60_000
+    assert.deepStrictEqual([bucket.take(), bucket.take(), bucket.take(), bucket.take()], [true, true, true, false])
+  })
+
+  it("a 503 logs why, without the token", async () => {
+    const lines: Array<{ message: unknown; annotations: Record<string, unknown> }> = []
+    const capture = Logger.make<unknown, void>(({ fiber, message }) => {
+      lines.push({ message, annotations: { ...fiber.getRef(References.CurrentLogAnnotations) } })
+    })
+    const verifier = makeMandateVerifier({
+      jwksBaseUrl: "http://sts.invalid",
+      issuer: ISSUER,
+      accept: AMBIENT,
+      fetch: async () => new Response("down", { status: 502 })
+    })
+    const { privateKey } = await generateKeyPair("ES256")
+    const token = await new SignJWT(claims()).setProtectedHeader({ alg: "ES256", kid: "k1" }).sign(privateKey)
+    const e = await Effect.runPromise(Effect.flip(authenticate(verifier, `Bearer ${token}`, "zone-a")).pipe(
+      Effect.provide(Logger.layer([capture]))
+    ))
+    assert.deepStrictEqual([e.status, e.code], [503, "temporarily_unavailable"])
+    assert.strictEqual(lines.length, 1)
+    assert.include(String(lines[0]?.annotations.reason), "HTTP 502")
+    assert.include(String(lines[0]?.annotations.reason), "zone-a")
+    assert.notInclude(JSON.stringify(lines), token)
+    assert.notInclude(JSON.stringify(lines), token.split(".")[2] as string)
+  })
+})
+
+describe("the coordinator's verifier", () => {
+  it("accepts ambient mandates of its issuer with agent:lifecycle only", async () => {
+    const issuer = await memoryIssuer()
+    const v = makeCoordinatorVerifier({ stsUrl: "http://sts.test", issuer: ISSUER, now: () => issuer.clock.ms, fetch: issuer.fetch })
+    await v.verify(await issuer.sign(), "zone-a")
+    const e = await rejected(v.verify(await issuer.sign({ scope: "agent:read" }), "zone-a"))
+    assert.deepStrictEqual([e.status, e.code], [403, "missing_scope"])
+    await expect401(v.verify(await issuer.sign({ use: "per_call", aud: ["mcp:files"] }), "zone-a"))
   })
 })
