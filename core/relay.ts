@@ -37,6 +37,8 @@ export interface RelayOptions {
   readonly signer?: SigningKey | undefined
   /** How long a lease lasts without renewal: a crashed leader is replaced after at most this long. */
   readonly leaseMs?: number
+  /** Fault injection for tests: runs after the rows are read, before they are published. */
+  readonly beforePublish?: (ids: ReadonlyArray<string>) => Promise<void> | void
   /** Fault injection for tests: runs after XADD, before the rows are marked sent. */
   readonly afterPublish?: (ids: ReadonlyArray<string>) => Promise<void>
   readonly onError?: (error: unknown) => void
@@ -126,6 +128,7 @@ export const makeRelay = (opts: RelayOptions): Relay => {
   const tick = async (lease: Lease): Promise<number> => {
     const rows = await claim(opts.database, opts.producer, opts.batchSize)
     if (rows.length === 0) return 0
+    if (opts.beforePublish) await opts.beforePublish(rows.map((r) => r.outbox_id))
     const byStream = new Map<string, Array<ClaimedRow>>()
     for (const r of rows) byStream.set(r.stream, [...(byStream.get(r.stream) ?? []), r])
     const batches = [...byStream.entries()]
