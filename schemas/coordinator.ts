@@ -4,7 +4,9 @@ import type { EventVersion } from "./registry.ts"
 
 const Id = Schema.String.pipe(Schema.check(Schema.isMinLength(1), Schema.isMaxLength(128)))
 const Instant = Schema.String.pipe(Schema.check(Schema.isPattern(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/u)))
-const Kind = Schema.Literals(["instance", "ephemeral"])
+// `service` was added to AgentSpawned v1 in place: widening the accepted values reads every
+// event written before, and existing SDKs send it (it behaves as `instance`)
+const Kind = Schema.Literals(["instance", "service", "ephemeral"])
 const Reason = Schema.String.pipe(Schema.check(Schema.isMinLength(1), Schema.isMaxLength(500)))
 
 export const AgentSpawnedV1 = Schema.Struct({

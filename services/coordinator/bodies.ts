@@ -16,7 +16,8 @@ const Words = Schema.Array(Schema.String.pipe(Schema.check(Schema.isMinLength(1)
 export const Spawn = Schema.Struct({
   application_id: Id,
   parent_id: Schema.optionalKey(Schema.NullOr(Id)),
-  kind: Schema.optionalKey(Schema.Literals(["instance", "ephemeral"])),
+  // `service` is what existing SDKs send for a long-lived agent: it behaves as `instance`
+  kind: Schema.optionalKey(Schema.Literals(["instance", "service", "ephemeral"])),
   ttl_seconds: Schema.optionalKey(Ttl),
   metadata: Schema.optionalKey(Schema.Record(Schema.String, Schema.Unknown)),
   // sent by existing SDK clients; the session id is always the coordinator's own
@@ -92,11 +93,16 @@ const searchParams = Effect.gen(function*() {
   return new URL(req.url, "http://x").searchParams
 })
 
+/** The largest page a list returns (existing clients ask for up to 500). */
+export const LIST_LIMIT_MAX = 500
+
 export const listQuery = Effect.gen(function*() {
   const q = yield* searchParams
   const limitRaw = q.get("limit") ?? "50"
   const limit = Number(limitRaw)
-  if (!/^\d{1,3}$/.test(limitRaw) || limit < 1 || limit > 100) return yield* httpError(400, "invalid_request", "limit must be 1-100")
+  if (!/^\d{1,3}$/.test(limitRaw) || limit < 1 || limit > LIST_LIMIT_MAX) {
+    return yield* httpError(400, "invalid_request", `limit must be 1-${LIST_LIMIT_MAX}`)
+  }
   const status = q.get("status") ?? undefined
   if (status !== undefined && !["active", "suspended", "terminated"].includes(status)) {
     return yield* httpError(400, "invalid_request", "status must be active, suspended or terminated")

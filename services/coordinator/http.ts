@@ -103,7 +103,7 @@ const json = (body: unknown, status = 200) => Res.jsonUnsafe(body, { status })
 
 const visibleSession = (c: Coordinator["Service"], zone: string, id: string | undefined, mandate: Mandate) =>
   Effect.gen(function*() {
-    const s = id === undefined ? undefined : yield* Effect.promise(() => c.queries.session(zone, id))
+    const s = id === undefined ? undefined : yield* c.queries.session(zone, id)
     if (s === undefined) return yield* notFound("session")
     yield* Effect.try({ try: () => requireActsFor(mandate, s.application_id), catch: (e) => e })
     return s
@@ -111,7 +111,7 @@ const visibleSession = (c: Coordinator["Service"], zone: string, id: string | un
 
 const visibleDelegation = (c: Coordinator["Service"], zone: string, id: string | undefined, mandate: Mandate) =>
   Effect.gen(function*() {
-    const d = id === undefined ? undefined : yield* Effect.promise(() => c.queries.delegation(zone, id))
+    const d = id === undefined ? undefined : yield* c.queries.delegation(zone, id)
     if (d === undefined) return yield* notFound("delegation")
     if (!actsFor(mandate, d.issuer_application_id) && !actsFor(mandate, d.receiver_application_id)) {
       return yield* httpError(403, "forbidden", "the mandate acts for neither end of this delegation")
@@ -132,7 +132,7 @@ const sessionRoutes = (c: Coordinator["Service"], prefix: Prefix) => [
         ttlSeconds: body.ttl_seconds,
         metadata: body.metadata ?? {}
       })
-      const s = yield* Effect.promise(() => coordinator.queries.session(zone, out.result.id))
+      const s = yield* coordinator.queries.session(zone, out.result.id)
       // a repeated Idempotency-Key returns the session it created the first time
       return json(s, out.replayed ? 200 : 201)
     }))),
@@ -141,8 +141,7 @@ const sessionRoutes = (c: Coordinator["Service"], prefix: Prefix) => [
       const q = yield* Body.listQuery
       if (q.application_id !== undefined) yield* Effect.try({ try: () => requireActsFor(mandate, q.application_id!), catch: (e) => e })
       const apps = q.application_id !== undefined ? [q.application_id] : Body.actingFor(mandate)
-      const items = yield* Effect.promise(() =>
-        coordinator.queries.sessions(zone, { applicationIds: apps, status: q.status, after: q.after, limit: q.limit + 1 }))
+      const items = yield* coordinator.queries.sessions(zone, { applicationIds: apps, status: q.status, after: q.after, limit: q.limit + 1 })
       const page = items.slice(0, q.limit)
       const last = page[page.length - 1]
       return json({ items: page, next_cursor: items.length > q.limit && last ? Body.cursorOf(last) : null })
@@ -152,12 +151,12 @@ const sessionRoutes = (c: Coordinator["Service"], prefix: Prefix) => [
   HttpRouter.route("GET", `${prefix}/zones/:zone/agents/:id/children`, authed(c, ({ zone, params, mandate, coordinator }) =>
     Effect.gen(function*() {
       yield* visibleSession(coordinator, zone, params.id, mandate)
-      return json({ items: yield* Effect.promise(() => coordinator.queries.children(zone, params.id!)) })
+      return json({ items: yield* coordinator.queries.children(zone, params.id!) })
     }))),
   HttpRouter.route("GET", `${prefix}/zones/:zone/agents/:id/tree`, authed(c, ({ zone, params, mandate, coordinator }) =>
     Effect.gen(function*() {
       yield* visibleSession(coordinator, zone, params.id, mandate)
-      return json({ items: yield* Effect.promise(() => coordinator.queries.tree(zone, params.id!)) })
+      return json({ items: yield* coordinator.queries.tree(zone, params.id!) })
     }))),
   ...(["suspend", "resume"] as const).map((action) =>
     HttpRouter.route("POST", `${prefix}/zones/:zone/agents/:id/${action}`, authed(c, ({ zone, params, mandate, caller, coordinator }) =>
@@ -165,7 +164,7 @@ const sessionRoutes = (c: Coordinator["Service"], prefix: Prefix) => [
         const s = yield* visibleSession(coordinator, zone, params.id, mandate)
         yield* coordinator.commands[action](caller, s.id)
         yield* coordinator.sweep(zone)
-        return json(yield* Effect.promise(() => coordinator.queries.session(zone, s.id)))
+        return json(yield* coordinator.queries.session(zone, s.id))
       })))),
   HttpRouter.route("DELETE", `${prefix}/zones/:zone/agents/:id`, authed(c, ({ zone, params, mandate, caller, coordinator }) =>
     Effect.gen(function*() {
@@ -174,13 +173,13 @@ const sessionRoutes = (c: Coordinator["Service"], prefix: Prefix) => [
       yield* coordinator.commands.terminate(caller, s.id, reason)
       // the subtree is ended before answering; if this process dies meanwhile, the next sweep finishes it
       yield* coordinator.sweep(zone)
-      return json(yield* Effect.promise(() => coordinator.queries.session(zone, s.id)))
+      return json(yield* coordinator.queries.session(zone, s.id))
     }))),
   HttpRouter.route("GET", `${prefix}/zones/:zone/agents/:id/delegations`, authed(c, ({ zone, params, mandate, coordinator }) =>
     Effect.gen(function*() {
       const s = yield* visibleSession(coordinator, zone, params.id, mandate)
       const direction = yield* Body.directionQuery
-      const of = (d: "inbound" | "outbound") => Effect.promise(() => coordinator.queries.delegationsOf(zone, s.id, d))
+      const of = (d: "inbound" | "outbound") => coordinator.queries.delegationsOf(zone, s.id, d)
       return json(direction === undefined
         ? { inbound: yield* of("inbound"), outbound: yield* of("outbound") }
         : { items: yield* of(direction) })
@@ -197,7 +196,7 @@ const delegationRoutes = (c: Coordinator["Service"], prefix: Prefix) => [
         return yield* httpError(403, "consent_required", "the receiver must consent (act for it, or hold delegation:grant)")
       }
       const out = yield* coordinator.commands.createDelegation(caller, Body.delegationRequest(body))
-      const d = yield* Effect.promise(() => coordinator.queries.delegation(zone, out.result.id))
+      const d = yield* coordinator.queries.delegation(zone, out.result.id)
       return json(d, out.replayed ? 200 : 201)
     }))),
   HttpRouter.route("GET", `${prefix}/zones/:zone/delegations/:id`, authed(c, ({ zone, params, mandate, coordinator }) =>
@@ -205,9 +204,10 @@ const delegationRoutes = (c: Coordinator["Service"], prefix: Prefix) => [
   HttpRouter.route("GET", `${prefix}/zones/:zone/delegations/:id/traverse`, authed(c, ({ zone, params, mandate, coordinator }) =>
     Effect.gen(function*() {
       const d = yield* visibleDelegation(coordinator, zone, params.id, mandate)
-      return json({ items: yield* Effect.promise(() => coordinator.queries.traverse(zone, d.id)) })
+      return json({ items: yield* coordinator.queries.traverse(zone, d.id) })
     }))),
-  ...([["POST", "/revoke"], ["DELETE", ""]] as const).map(([method, suffix]) =>
+  // existing clients revoke with PATCH …/revoke; POST …/revoke and DELETE on the edge do the same
+  ...([["POST", "/revoke"], ["PATCH", "/revoke"], ["DELETE", ""]] as const).map(([method, suffix]) =>
     HttpRouter.route(method, `${prefix}/zones/:zone/delegations/:id${suffix}`, authed(c, ({ zone, params, mandate, caller, coordinator }) =>
       Effect.gen(function*() {
         const d = yield* visibleDelegation(coordinator, zone, params.id, mandate)
@@ -215,7 +215,7 @@ const delegationRoutes = (c: Coordinator["Service"], prefix: Prefix) => [
         const reason = yield* Body.reasonOf
         yield* coordinator.commands.onDelegation(caller, d.id, { _tag: "RevokeDelegation", reason: reason === "requested" ? "revoked" : reason, causeId: null })
         yield* coordinator.sweep(zone)
-        return json(yield* Effect.promise(() => coordinator.queries.delegation(zone, d.id)))
+        return json(yield* coordinator.queries.delegation(zone, d.id))
       }))))
 ]
 

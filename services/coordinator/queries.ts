@@ -1,5 +1,8 @@
 // Reads of the coordinator's tables, shaped as the HTTP API returns them (snake_case, ISO times).
+// Every read is an Effect that fails with DbError when Postgres does not answer, which the
+// HTTP layer turns into 503 temporarily_unavailable (core/http/errors.ts) rather than a 500.
 import { type Kysely, sql } from "kysely"
+import { makeDatabase } from "../../core/db/database.ts"
 import type { Tables } from "../../core/db/tables.ts"
 
 export interface SessionView {
@@ -62,7 +65,7 @@ const edgeView = (r: DelegationView & { constraints: Record<string, unknown> }):
   }
 }
 
-export const makeQueries = (db: Kysely<Tables>) => ({
+const reads = (db: Kysely<Tables>) => ({
   session: async (zoneId: string, id: string): Promise<SessionView | undefined> =>
     (await sql<SessionView>`select ${SESSION} from agent_sessions s where s.zone_id = ${zoneId} and s.id = ${id}`.execute(db)).rows[0],
 
@@ -116,5 +119,20 @@ export const makeQueries = (db: Kysely<Tables>) => ({
     return rows.map((r) => ({ ...edgeView(r as DelegationView & { constraints: Record<string, unknown> }), hop: r.hop }))
   }
 })
+
+/** The reads as Effects: the one place where a read's database failure becomes a DbError. */
+export const makeQueries = (db: Kysely<Tables>) => {
+  const { query } = makeDatabase(db)
+  const r = reads(db)
+  return {
+    session: (...a: Parameters<typeof r.session>) => query(() => r.session(...a)),
+    sessions: (...a: Parameters<typeof r.sessions>) => query(() => r.sessions(...a)),
+    children: (...a: Parameters<typeof r.children>) => query(() => r.children(...a)),
+    tree: (...a: Parameters<typeof r.tree>) => query(() => r.tree(...a)),
+    delegation: (...a: Parameters<typeof r.delegation>) => query(() => r.delegation(...a)),
+    delegationsOf: (...a: Parameters<typeof r.delegationsOf>) => query(() => r.delegationsOf(...a)),
+    traverse: (...a: Parameters<typeof r.traverse>) => query(() => r.traverse(...a))
+  }
+}
 
 export type Queries = ReturnType<typeof makeQueries>

@@ -67,6 +67,23 @@ describe("when a chain A → B → C is revoked at its first edge", () => {
   })
 })
 
+describe("revoking with PATCH, as existing clients do", () => {
+  it("PATCH /delegations/{id}/revoke revokes as POST does, also under /v1", async () => {
+    for (const prefix of ["", "/v1"]) {
+      const [a, b] = [await session("app-1"), await session("app-2")]
+      const e = await delegate("app-1", "app-2", a, b)
+      expect(e.status).toBe(201)
+      const r = await h.call("PATCH", `${prefix}/zones/z1/delegations/${e.body.id}/revoke`, { token: tokens["app-1"], body: { reason: "rotated" } })
+      expect([prefix, r.status, r.body]).toMatchObject([prefix, 200, { id: e.body.id, status: "revoked", revoke_reason: "rotated" }])
+      expect((await h.call("GET", `/zones/z1/agents/${b}`, { token: tokens["app-2"] })).body).toMatchObject({ status: "terminated", end_reason: "delegation_revoked" })
+    }
+    // only the issuer revokes, whatever the method
+    const [a, b] = [await session("app-1"), await session("app-2")]
+    const e = await delegate("app-1", "app-2", a, b)
+    expect((await h.call("PATCH", `/zones/z1/delegations/${e.body.id}/revoke`, { token: tokens["app-2"] })).status).toBe(403)
+  })
+})
+
 describe("creating delegations", () => {
   it("refuses what would widen authority, loop, lack expiry, lack consent or name unknown sessions", async () => {
     const [a, b, c] = [await session("app-1"), await session("app-2"), await session("app-3")]

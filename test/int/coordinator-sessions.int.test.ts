@@ -1,6 +1,8 @@
 // Agent sessions over HTTP: spawn, read, list, tree, suspend/resume/terminate with cascades,
-// idempotency, TTL, ephemeral sessions, and bad input.
+// idempotency, TTL, depth, kinds, bad input, and reads while Postgres is down.
+import net from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { startService } from "../../core/testing/index.ts"
 import { until } from "../fixtures/harness.ts"
 import { type CoordinatorHarness, startCoordinator } from "../fixtures/coordinator.ts"
 
@@ -48,6 +50,28 @@ describe("spawning", () => {
     const eph = await spawn({ kind: "ephemeral" })
     const r = await spawn({ parent_id: eph.body.id })
     expect(r).toMatchObject({ status: 409, body: { error: "ephemeral_parent" } })
+  })
+})
+
+describe("depth, as the reference configuration counts it", () => {
+  it("a root is depth 0; a session at depth MAX_DEPTH (10) is allowed, one at 11 gets 429 max_depth_exceeded", async () => {
+    let at = await spawn({})
+    for (let depth = 1; depth <= 10; depth++) {
+      at = await spawn({ parent_id: at.body.id })
+      expect([depth, at.status, at.body.depth]).toEqual([depth, 201, depth])
+    }
+    expect(await spawn({ parent_id: at.body.id })).toMatchObject({ status: 429, body: { error: "max_depth_exceeded" } })
+  })
+})
+
+describe("kind service, as existing SDKs send it", () => {
+  it("is accepted and behaves as instance: it has children, and its parent's suspension pauses it", async () => {
+    const root = await spawn({})
+    const svc = await spawn({ parent_id: root.body.id, kind: "service" })
+    expect(svc).toMatchObject({ status: 201, body: { kind: "service", depth: 1 } })
+    expect((await spawn({ parent_id: svc.body.id })).status).toBe(201)
+    await h.call("POST", `/zones/z1/agents/${root.body.id}/suspend`, { token })
+    expect((await h.call("GET", `/zones/z1/agents/${svc.body.id}`, { token })).body).toMatchObject({ status: "suspended", suspended_by_cascade: true })
   })
 })
 
@@ -107,6 +131,12 @@ describe("listing", () => {
       cursor = r.body.next_cursor
     } while (cursor)
     expect(seen).toEqual([...ids].reverse())
+    // pages of 1-500, as existing clients ask for
+    expect((await h.call("GET", "/zones/z1/agents?limit=500", { token: other })).body.items.map((s: any) => s.id)).toEqual([...ids].reverse())
+    expect((await h.call("GET", "/v1/zones/z1/agents?limit=1", { token: other })).body.items).toHaveLength(1)
+    for (const bad of ["501", "1000", "0", "-1", "ten"]) {
+      expect([bad, (await h.call("GET", `/zones/z1/agents?limit=${bad}`, { token: other })).body?.error]).toEqual([bad, "invalid_request"])
+    }
     // another application's sessions are not listed to this caller
     expect((await h.call("GET", "/zones/z1/agents?application_id=app-a", { token: other })).status).toBe(403)
   })
@@ -142,5 +172,64 @@ describe("bad requests", () => {
     }
     const raw = await fetch(`${h.url}/zones/z1/agents`)
     expect(raw.headers.get("www-authenticate")).toBe('Bearer error="invalid_token"')
+  })
+})
+
+/** A TCP proxy in front of Postgres that can be cut: open connections reset, new ones refused. */
+const tcpProxy = async (target: URL) => {
+  const sockets = new Set<net.Socket>()
+  const track = (s: net.Socket) => {
+    sockets.add(s)
+    s.on("close", () => sockets.delete(s))
+    s.on("error", () => {})
+  }
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port || 5432), target.hostname)
+    track(client)
+    track(upstream)
+    client.pipe(upstream).pipe(client)
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const url = new URL(target)
+  url.host = `127.0.0.1:${(server.address() as net.AddressInfo).port}`
+  return {
+    url: url.toString(),
+    cut: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve())
+        for (const s of sockets) s.destroy()
+      })
+  }
+}
+
+describe("when Postgres stops answering after start-up", () => {
+  it("reads answer 503 temporarily_unavailable, not 500", async () => {
+    const s = await spawn({})
+    const proxy = await tcpProxy(new URL(h.dbUrl))
+    const replica = await startService("coordinator", { ...h.env, DATABASE_URL: proxy.url })
+    try {
+      const read = (path: string) => h.call("GET", path, { token, base: replica.url })
+      expect((await read(`/zones/z1/agents/${s.body.id}`)).status).toBe(200)
+      await proxy.cut()
+      for (const path of [
+        `/zones/z1/agents/${s.body.id}`,
+        "/zones/z1/agents",
+        `/zones/z1/agents/${s.body.id}/tree`,
+        `/v1/zones/z1/agents/${s.body.id}/children`,
+        `/zones/z1/agents/${s.body.id}/delegations`,
+        "/zones/z1/delegations/some-edge",
+        "/v1/zones/z1/delegations/some-edge/traverse"
+      ]) {
+        const r = await read(path)
+        expect([path, r.status, r.body]).toEqual([path, 503, { error: "temporarily_unavailable", error_description: expect.any(String) }])
+      }
+    } catch (e) {
+      // a coordinator that died shows up as a reset connection: its output says why
+      console.log(`coordinator output:\n${replica.stderr().slice(-4000)}\n${replica.stdout().slice(-2000)}`)
+      throw e
+    } finally {
+      await replica.stop("SIGKILL")
+      await proxy.cut()
+    }
   })
 })

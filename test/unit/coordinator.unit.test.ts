@@ -1,6 +1,8 @@
 // The coordinator's deciders: given events, when a command, then events or a rejection.
+import { Result } from "effect"
 import { describe, expect, it } from "vitest"
 import { given, testMeta } from "../../core/testing/decider.ts"
+import { events } from "../../schemas/events.ts"
 import { delegation, type DelegationCommand, type EndpointFacts } from "../../services/coordinator/domain/delegation.ts"
 import { type Limits, type ParentFacts, session, type SessionCommand, type SessionEvent } from "../../services/coordinator/domain/session.ts"
 
@@ -28,13 +30,37 @@ describe("spawning a session", () => {
     expect(e).toMatchObject({ data: { parentId: "p", rootId: "p", depth: 1, ttlSeconds: 600, expiresAt: "2026-01-01T00:10:00.000Z" } })
   })
   it.each([
-    ["max_depth_exceeded", 429, spawn({ parent: parent({ depth: 2 }) })],
+    // MAX_DEPTH is 3: a child of a depth-3 parent would be depth 4
+    ["max_depth_exceeded", 429, spawn({ parent: parent({ depth: 3 }) })],
     ["parent_not_found", 404, spawn({ parent: null })],
     ["parent_not_active", 409, spawn({ parent: parent({ status: "suspended" }) })],
     ["parent_not_active", 409, spawn({ parent: parent({ expiresAt: NOW }) })],
     ["ephemeral_parent", 409, spawn({ parent: parent({ kind: "ephemeral" }) })]
   ] as const)("is refused with %s (%i) and no event", (code, status, command) => {
     expect(given(session).when(command, testMeta(NOW)).error()).toMatchObject({ code, status })
+  })
+})
+
+describe("depth counts from 0 at the root", () => {
+  it("a session at depth MAX_DEPTH is allowed; one deeper is refused", () => {
+    const [e] = given(session).when(spawn({ parent: parent({ depth: limits.maxDepth - 1 }) }), testMeta(NOW)).events()
+    expect(e).toMatchObject({ data: { depth: limits.maxDepth } })
+    expect(given(session).when(spawn({ parent: parent({ depth: limits.maxDepth }) }), testMeta(NOW)).error())
+      .toMatchObject({ status: 429, code: "max_depth_exceeded" })
+  })
+})
+
+describe("a session of kind service", () => {
+  const history = [spawned({ kind: "service" })]
+  it("is recorded as sent, in an AgentSpawned v1 the event schema accepts", () => {
+    const [e] = given(session).when(spawn({ kind: "service" }), testMeta(NOW)).events()
+    expect(e).toEqual(spawned({ kind: "service" }))
+    expect(Result.isSuccess(events.decode("AgentSpawned", 1, events.encode("AgentSpawned", e!.data).json))).toBe(true)
+  })
+  it("behaves as an instance: it may have children, and a suspension from above pauses it", () => {
+    const [child] = given(session).when(spawn({ parent: parent({ kind: "service" }) }), testMeta(NOW)).events()
+    expect(child).toMatchObject({ data: { parentId: "p", depth: 1 } })
+    expect(given(session, history).when({ _tag: "SuspendAgent", cascade: true }).events()).toEqual([{ type: "AgentSuspended", data: { cascade: true } }])
   })
 })
 

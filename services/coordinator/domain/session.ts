@@ -7,13 +7,18 @@
 // write statement (see migrations/0005_session_counts.ts), which keeps them exact across
 // replicas without a lock held over round trips.
 //
-// Kinds. `instance`: a long-lived agent that may spawn children. `ephemeral`: a single
-// task — a leaf that cannot have children, and that holds nothing worth resuming, so a
-// suspension from above terminates it (reason `parent_suspended`) instead of pausing it.
+// Kinds. `instance`: a long-lived agent that may spawn children. `service`: the name
+// existing SDKs send for the same thing; it is recorded as sent and behaves as `instance`.
+// `ephemeral`: a single task — a leaf that cannot have children, and that holds nothing
+// worth resuming, so a suspension from above terminates it (reason `parent_suspended`)
+// instead of pausing it.
+//
+// Depth. A root has depth 0 and a child its parent's depth + 1; a session at depth
+// `maxDepth` is allowed, one at `maxDepth + 1` refused (429 max_depth_exceeded).
 import { Data, Effect } from "effect"
 import type { Aggregate, CommandMeta } from "../../../core/command.ts"
 
-export type AgentKind = "instance" | "ephemeral"
+export type AgentKind = "instance" | "service" | "ephemeral"
 
 export interface Limits {
   readonly maxDepth: number
@@ -23,7 +28,7 @@ export interface Limits {
   readonly defaultTtlSeconds: number
 }
 
-/** The parent as the handler read it (from the coordinator's tables, under the zone lock). */
+/** The parent as the handler read it from the coordinator's tables (without a lock: see commands.ts). */
 export interface ParentFacts {
   readonly id: string
   readonly applicationId: string
@@ -120,7 +125,10 @@ const spawn = (c: Extract<SessionCommand, { _tag: "SpawnAgent" }>, state: Sessio
     }
     if (parent.status !== "active") return reject(409, "parent_not_active", "the parent session is suspended")
     if (parent.kind === "ephemeral") return reject(409, "ephemeral_parent", "an ephemeral session cannot have children")
-    if (parent.depth + 1 >= limits.maxDepth) return reject(429, "max_depth_exceeded", `sessions nest at most ${limits.maxDepth} deep`)
+    // a root is depth 0: maxDepth levels below it are allowed, the next is not
+    if (parent.depth + 1 > limits.maxDepth) {
+      return reject(429, "max_depth_exceeded", `a session's depth is at most ${limits.maxDepth} (a root is depth 0)`)
+    }
   }
   const requested = c.ttlSeconds ?? limits.defaultTtlSeconds
   // a child never outlives its parent
