@@ -46,7 +46,7 @@ export const streamsFor = (keys: Keys) => (e: PendingEvent) =>
  * The tables' changes ride in the statement that appends the events (see projection.ts),
  * folded so that each row is written once however many events the command emitted.
  */
-const projectInline = (_state: unknown, pending: ReadonlyArray<PendingEvent>, meta: CommandMeta) =>
+export const projectInline = (_state: unknown, pending: ReadonlyArray<PendingEvent>, meta: CommandMeta) =>
   foldChanges(pending.flatMap((e) =>
     changesFor({ type: e.type, zoneId: meta.zoneId, aggregateId: e.aggregateId, occurredAt: meta.now.toISOString(), data: e.data })
   )).map(changeSql)
