@@ -179,9 +179,13 @@ export const readLog = async (
 export const logHorizon = async (db: Kysely<Tables> | Transaction<Tables>): Promise<string> =>
   (await sql<{ x: string }>`select ${HORIZON}::text as x`.execute(db)).rows[0]!.x
 
-/** The next transaction id: every transaction that has begun writing events has a lower one, or none yet. */
+/**
+ * A transaction id above every one given out so far: every transaction that has begun writing
+ * events has a lower one, or none yet. (A snapshot's xmax is not enough: it is one past the
+ * latest *completed* transaction, and a writer still running may hold a higher id.)
+ */
 export const nextTransaction = async (db: Kysely<Tables> | Transaction<Tables>): Promise<bigint> =>
-  BigInt((await sql<{ x: string }>`select pg_snapshot_xmax(pg_current_snapshot())::text as x`.execute(db)).rows[0]!.x)
+  BigInt((await sql<{ x: string }>`select pg_current_xact_id()::text as x`.execute(db)).rows[0]!.x)
 
 /**
  * Waits until every event writer that had begun by `target` has ended, so that a catch-up

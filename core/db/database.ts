@@ -15,6 +15,9 @@ export const makeKysely = (url: string, max = POOL_MAX) => {
   // an idle client dropped by the server (restart, admin termination) must not crash the process;
   // the next query on the pool gets a fresh connection
   pool.on("error", () => {})
+  // a connection dropped while a query runs on it: the query fails (and the caller answers 503);
+  // without a listener its error event would crash the process
+  pool.on("connect", (client) => client.on("error", () => {}))
   return new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) })
 }
 
