@@ -8,7 +8,8 @@ import { randomUUID } from "node:crypto"
 import { outboxSignal } from "../core/outbox-signal.ts"
 import { makeKeys } from "../core/redis/keys.ts"
 import { freshDatabase } from "../core/testing/index.ts"
-import { makeCommands, PRODUCER } from "../services/coordinator/commands.ts"
+import { coordinatorProducer, makeCommands, PRODUCER } from "../services/coordinator/commands.ts"
+import { makeProducer } from "../core/producer.ts"
 import { percentile, report, throughput } from "./lib.ts"
 
 const N = Number(process.env.BENCH_N ?? 3000)
@@ -18,9 +19,7 @@ const kdb = db.database.db
 // as in the service, whose own relay leads: commits wake it in-process, not by NOTIFY
 outboxSignal.setLeading(PRODUCER, true)
 const commands = makeCommands({
-  database: db.database,
-  keys: makeKeys("benchcoord"),
-  signer: undefined,
+  producer: makeProducer(coordinatorProducer, { database: db.database, keys: makeKeys("benchcoord"), signer: undefined }),
   limits: { maxDepth: 10, maxChildren: 10, maxPerZone: 1_000_000, maxPerApp: 1_000_000, defaultTtlSeconds: 3600 }
 })
 const caller = (i: number) => ({ zoneId: `zone-${i % C}`, applicationId: "app-bench", requestId: `r${i}` })

@@ -2,32 +2,36 @@
 // Redis, migrate, and serve its routes with the HTTP kernel until SIGTERM/SIGINT.
 import { NodeRuntime } from "@effect/platform-node"
 import { Cause, Effect, Layer, Redacted } from "effect"
-import { type CommonVars, type Loaded, loadService, ServiceConfig } from "./config/load.ts"
-import type { ServiceName } from "./config/services.ts"
+import { type CommonVars, type Loaded, loadService, ServiceConfig, type ServiceSpec } from "./config/load.ts"
 import { Database } from "./db/database.ts"
 import { migrateToLatest } from "./db/migrate.ts"
 import type { ErrorMapper } from "./http/errors.ts"
 import { type ReadyCheck, serve } from "./http/server.ts"
 import { LoggingLive } from "./log.ts"
+import { Producer } from "./producer.ts"
 import { RedisClient } from "./redis/redis.ts"
 
 export type Infra = ServiceConfig | Database | RedisClient
 
-export interface ServiceDefinition<N extends ServiceName> {
-  readonly name: N
+export interface ServiceDefinition<S extends ServiceSpec> {
+  readonly name: string
+  /** The service's variables (its services/<name>/config.ts). */
+  readonly spec: S
+  /** The service's producer (Producer.layer), if it writes events: routes and background work may use it. */
+  readonly producer?: Layer.Layer<Producer, unknown, Infra>
   /** The service's own routes (HttpRouter.add/use layers); may use the infrastructure. */
   // (its requirements also carry the router's per-request markers, hence `any`)
   readonly routes?: Layer.Layer<never, unknown, any>
   /** Background work (relays, consumers, sweepers) that lives as long as the service. */
-  readonly background?: Layer.Layer<never, unknown, Infra>
+  readonly background?: Layer.Layer<never, unknown, Infra | Producer>
   readonly mapError?: ErrorMapper
   /** Extra /ready checks built from the service's own variables (e.g. OPA for the STS). */
-  readonly readyChecksFrom?: (vars: Loaded<N>["vars"]) => ReadonlyArray<ReadyCheck>
+  readonly readyChecksFrom?: (vars: Loaded<S>["vars"]) => ReadonlyArray<ReadyCheck>
 }
 
-const varsOf = (config: Loaded<ServiceName>) => config.vars as unknown as CommonVars
+const varsOf = (config: Loaded) => config.vars as unknown as CommonVars
 
-const infraLayer = (config: Loaded<ServiceName>) => {
+const infraLayer = (config: Loaded) => {
   const vars = varsOf(config)
   const db = Database.layerFromUrl(vars.DATABASE_URL)
   const redis = RedisClient.layerWith({
@@ -47,8 +51,9 @@ const infraLayer = (config: Loaded<ServiceName>) => {
 }
 
 /** The whole service as one layer, built from already-loaded configuration. */
-export const serviceLayer = <N extends ServiceName>(def: ServiceDefinition<N>, config: Loaded<N>) => {
-  const infra = infraLayer(config)
+export const serviceLayer = <S extends ServiceSpec>(def: ServiceDefinition<S>, config: Loaded<S>) => {
+  // the producer is built once and shared by the routes and the background work
+  const infra = def.producer ? Layer.provideMerge(def.producer, infraLayer(config)) : infraLayer(config)
   const routes = def.routes ?? Layer.empty
   const http = Layer.unwrap(Effect.gen(function*() {
     const database = yield* Database
@@ -71,9 +76,9 @@ export const serviceLayer = <N extends ServiceName>(def: ServiceDefinition<N>, c
 }
 
 /** Entry point: startup failures name the variable and rule on stderr and exit 1. */
-export const runService = <N extends ServiceName>(def: ServiceDefinition<N>) => {
+export const runService = <S extends ServiceSpec>(def: ServiceDefinition<S>) => {
   const program = Effect.gen(function*() {
-    const config = yield* loadService(def.name)
+    const config = yield* loadService(def.name, def.spec)
     return yield* Layer.launch(serviceLayer(def, config)).pipe(Effect.provide(LoggingLive(def.name, varsOf(config).LOG_LEVEL)))
   }).pipe(
     Effect.tapCause((cause) =>

@@ -1,9 +1,10 @@
-// `npm run docs:config`: rewrites the README's configuration table from core/config/services.ts.
+// `npm run docs:config`: rewrites the README's configuration table from each service's config.ts.
 import { readFileSync, writeFileSync } from "node:fs"
 import path from "node:path"
 import { withTable } from "../core/config/docs.ts"
 import { repoRoot } from "../core/testing/stack.ts"
+import { serviceSpecs } from "../services/specs.ts"
 
 const file = path.join(repoRoot, "README.md")
-writeFileSync(file, withTable(readFileSync(file, "utf8")))
+writeFileSync(file, withTable(readFileSync(file, "utf8"), serviceSpecs))
 console.log("README.md configuration table updated")

@@ -3,7 +3,7 @@
 // that span several variables.
 import { Config, Context, Effect, Layer, Option, Schema } from "effect"
 import { readFileSync } from "node:fs"
-import { common, type ServiceName, services } from "./services.ts"
+import type { common } from "./common.ts"
 import type { Spec, Values } from "./vars.ts"
 
 export class ConfigInvalid extends Schema.TaggedError<ConfigInvalid>()("ConfigInvalid", {
@@ -54,10 +54,10 @@ export type Mode = "production" | "development"
 /** The variables every service has (see `common`), plus its PORT. */
 export type CommonVars = Values<typeof common> & { readonly PORT: number }
 
-export interface Loaded<N extends ServiceName> {
-  readonly service: N
+export interface Loaded<S extends Spec = Spec> {
+  readonly service: string
   readonly mode: Mode
-  readonly vars: Values<(typeof services)[N]>
+  readonly vars: Values<S>
   readonly tls: Tls | undefined
 }
 
@@ -67,9 +67,12 @@ const readPem = (variable: string, path: string) =>
     catch: () => new ConfigInvalid({ variable, rule: `cannot read file ${path}` })
   })
 
-export const loadService = <N extends ServiceName>(service: N): Effect.Effect<Loaded<N>, ConfigInvalid> =>
+/** The variables of every service: a spec passed to loadService must have them. */
+export type ServiceSpec = typeof common & { readonly PORT: Spec[string] }
+
+export const loadService = <S extends ServiceSpec>(service: string, spec: S): Effect.Effect<Loaded<S>, ConfigInvalid> =>
   Effect.gen(function*() {
-    const vars = (yield* loadSpec(services[service])) as Loaded<N>["vars"]
+    const vars = yield* loadSpec(spec)
     const shared = vars as unknown as CommonVars
     const cert = shared.TLS_CERT_FILE
     const key = shared.TLS_KEY_FILE
@@ -92,6 +95,6 @@ export const loadService = <N extends ServiceName>(service: N): Effect.Effect<Lo
   })
 
 /** The loaded configuration of the running service. */
-export class ServiceConfig extends Context.Service<ServiceConfig, Loaded<ServiceName>>()("caracal/core/ServiceConfig") {
-  static readonly layer = (service: ServiceName) => Layer.effect(ServiceConfig, loadService(service))
+export class ServiceConfig extends Context.Service<ServiceConfig, Loaded>()("caracal/core/ServiceConfig") {
+  static readonly layer = <S extends ServiceSpec>(service: string, spec: S) => Layer.effect(ServiceConfig, loadService(service, spec))
 }

@@ -1,6 +1,11 @@
-// The api service: configuration, connections, migrations, its outbox relay, /health,
-// /ready and /metrics. Its domain routes arrive with their issues.
-import { RelayLive } from "../../core/backbone.ts"
+// The api service: configuration, connections, migrations, its producer (outbox relay),
+// /health, /ready and /metrics. Its domain routes arrive with their issues.
+import { Producer } from "../../core/producer.ts"
 import { runService } from "../../core/service.ts"
+import { EventRegistry } from "../../schemas/registry.ts"
+import { apiSpec } from "./config.ts"
 
-if (import.meta.main) runService({ name: "api", background: RelayLive("api") })
+/** Its events arrive with the api issue; the relay already runs so that the outbox is served. */
+const apiProducer = { name: "api", registry: new EventRegistry(), streams: () => () => [] }
+
+if (import.meta.main) runService({ name: "api", spec: apiSpec, producer: Producer.layer(apiSpec, apiProducer) })

@@ -6,11 +6,10 @@
 import { Effect } from "effect"
 import { type Kysely, sql, type Transaction } from "kysely"
 import { v7 as uuidv7 } from "uuid"
-import { type Aggregate, type CommandMeta, execute, type PendingEvent } from "../../core/command.ts"
-import type { DatabaseShape } from "../../core/db/database.ts"
+import type { Aggregate, CommandMeta, PendingEvent } from "../../core/command.ts"
+import type { ProducerDefinition, ProducerShape } from "../../core/producer.ts"
 import type { Tables } from "../../core/db/tables.ts"
 import type { Keys } from "../../core/redis/keys.ts"
-import type { SigningKey } from "../../core/signing.ts"
 import { events } from "../../schemas/events.ts"
 import { type Constraints, delegation, type EndpointFacts, type InboundFacts } from "./domain/delegation.ts"
 import { type AgentKind, type Limits, limitRejection, type ParentFacts, session, type SessionCommand, type SessionState } from "./domain/session.ts"
@@ -20,9 +19,7 @@ import { changeSql, foldChanges } from "../../core/row-changes.ts"
 export const PRODUCER = "coordinator"
 
 export interface CoordinatorDeps {
-  readonly database: DatabaseShape
-  readonly keys: Keys
-  readonly signer: SigningKey | undefined
+  readonly producer: ProducerShape
   readonly limits: Limits
 }
 
@@ -41,6 +38,9 @@ const REVOCATIONS = new Set(["AgentTerminated", "DelegationRevoked"])
 /** Streams: one per aggregate type; terminations and revocations also go where the STS and gateway listen. */
 export const streamsFor = (keys: Keys) => (e: PendingEvent) =>
   REVOCATIONS.has(e.type) ? [keys.stream(e.aggregateType), keys.stream("revocation")] : [keys.stream(e.aggregateType)]
+
+/** The coordinator's producer: its events, and where they go. */
+export const coordinatorProducer: ProducerDefinition = { name: PRODUCER, registry: events, streams: streamsFor }
 
 /**
  * The tables' changes ride in the statement that appends the events (see projection.ts),
@@ -97,8 +97,8 @@ export interface SpawnRequest {
 }
 
 export const makeCommands = (deps: CoordinatorDeps) => {
-  const streams = streamsFor(deps.keys)
-  const common = { producer: PRODUCER, streams, signer: deps.signer, projectSql: projectInline }
+  const { database, execute } = deps.producer
+  const common = { projectSql: projectInline }
 
   /**
    * A root spawn is one statement: the event, the tables, the outbox and the reservation of
@@ -109,9 +109,9 @@ export const makeCommands = (deps: CoordinatorDeps) => {
       const id = uuidv7()
       const parent = req.parentId === undefined
         ? undefined
-        : yield* deps.database.query((db) => parentFacts(db, caller.zoneId, req.parentId!))
+        : yield* database.query((db) => parentFacts(db, caller.zoneId, req.parentId!))
       const { maxPerZone, maxPerApp, maxChildren } = deps.limits
-      return yield* execute(deps.database, events, {
+      return yield* execute({
         ...common,
         aggregate: session,
         id,
@@ -140,9 +140,9 @@ export const makeCommands = (deps: CoordinatorDeps) => {
   /** A command on an existing aggregate (its state is loaded, or cached). */
   const act = <S, C, E extends { type: string; data: unknown }, Err>(aggregate: Aggregate<S, C, E, Err>) =>
     (caller: Caller, id: string, command: C) =>
-      execute(deps.database, events, { ...common, aggregate, id, meta: metaOf(caller), command, result: () => ({ id }) })
+      execute({ ...common, aggregate, id, meta: metaOf(caller), command, result: () => ({ id }) })
   const onSession = (caller: Caller, id: string, command: SessionCommand) =>
-    execute(deps.database, events, {
+    execute({
       ...common,
       aggregate: session,
       id,
@@ -202,7 +202,7 @@ export const makeCommands = (deps: CoordinatorDeps) => {
       Effect.suspend(() => {
         const id = uuidv7()
         const meta = metaOf(caller)
-        return execute(deps.database, events, {
+        return execute({
           ...common,
           aggregate: delegation,
           id,

@@ -4,10 +4,9 @@
 // started, and answers with the resulting session or delegation.
 import { Context, Effect, Layer } from "effect"
 import { HttpRouter, HttpServerRequest as Req, HttpServerResponse as Res } from "effect/http"
-import { signerFrom } from "../../core/backbone.ts"
-import { ServiceConfig } from "../../core/config/load.ts"
-import type { coordinator as coordinatorSpec } from "../../core/config/services.ts"
-import type { Values } from "../../core/config/vars.ts"
+import { loadSpec } from "../../core/config/load.ts"
+import { coordinatorSpec } from "./config.ts"
+import { Producer } from "../../core/producer.ts"
 import { Database } from "../../core/db/database.ts"
 import type { Answer } from "../../core/http/errors.ts"
 import { httpError } from "../../core/http/errors.ts"
@@ -26,14 +25,10 @@ export class Coordinator extends Context.Service<Coordinator, {
   readonly sweep: (zone?: string) => Effect.Effect<number, unknown>
 }>()("caracal/coordinator/Coordinator") {
   static readonly layer = Layer.effect(Coordinator, Effect.gen(function*() {
-    const config = yield* ServiceConfig
     const database = yield* Database
-    const redis = yield* RedisClient
-    const vars = config.vars as unknown as Values<typeof coordinatorSpec>
+    const vars = yield* loadSpec(coordinatorSpec)
     const commands = makeCommands({
-      database,
-      keys: redis.keys,
-      signer: signerFrom(vars.STREAMS_HMAC_KEY),
+      producer: yield* Producer,
       limits: {
         maxDepth: vars.MAX_DEPTH,
         maxChildren: vars.MAX_CHILDREN,

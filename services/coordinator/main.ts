@@ -1,10 +1,11 @@
-// The coordinator service: agent sessions and delegations over HTTP, its outbox relay,
-// and the sweep that expires sessions and edges and finishes cascades (also those a
-// crashed replica left half-done).
+// The coordinator service: agent sessions and delegations over HTTP, its producer (commands,
+// outbox relay), and the sweep that expires sessions and edges and finishes cascades (also
+// those a crashed replica left half-done).
 import { Effect, Layer, Schedule } from "effect"
-import { RelayLive } from "../../core/backbone.ts"
+import { Producer } from "../../core/producer.ts"
 import { runService } from "../../core/service.ts"
-import { PRODUCER } from "./commands.ts"
+import { coordinatorProducer } from "./commands.ts"
+import { coordinatorSpec } from "./config.ts"
 import { Coordinator, CoordinatorRoutes, coordinatorErrors } from "./http.ts"
 
 /** Often enough that a 1-second TTL ends within about a second; each run is a few indexed queries. */
@@ -22,8 +23,10 @@ const SweepLive = Layer.effectDiscard(Effect.gen(function*() {
 if (import.meta.main) {
   runService({
     name: "coordinator",
+    spec: coordinatorSpec,
+    producer: Producer.layer(coordinatorSpec, coordinatorProducer),
     routes: CoordinatorRoutes.pipe(Layer.provide(Coordinator.layer)),
-    background: Layer.mergeAll(RelayLive(PRODUCER), SweepLive.pipe(Layer.provide(Coordinator.layer))),
+    background: SweepLive.pipe(Layer.provide(Coordinator.layer)),
     mapError: coordinatorErrors
   })
 }

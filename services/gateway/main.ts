@@ -1,5 +1,6 @@
 // The gateway service: configuration, connections, migrations, /health, /ready, /metrics.
 // Its domain routes arrive with their issues.
 import { runService } from "../../core/service.ts"
+import { gatewaySpec } from "./config.ts"
 
-if (import.meta.main) runService({ name: "gateway" })
+if (import.meta.main) runService({ name: "gateway", spec: gatewaySpec })

@@ -2,10 +2,12 @@
 // Redis, OPA), /metrics. The token exchange arrives with its issue.
 import { runService } from "../../core/service.ts"
 import { httpProbe } from "../../core/http/probe.ts"
+import { stsSpec } from "./config.ts"
 
 if (import.meta.main) {
   runService({
     name: "sts",
+    spec: stsSpec,
     // OPA unreachable means every exchange would be denied: the STS is not ready without it
     readyChecksFrom: (vars) => [{ name: "opa", check: httpProbe(`${vars.OPA_URL}/health`) }]
   })

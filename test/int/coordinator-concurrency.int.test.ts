@@ -10,7 +10,8 @@ import { rebuildPostgres } from "../../core/projection.ts"
 import { makeKeys } from "../../core/redis/keys.ts"
 import { freshDatabase } from "../../core/testing/index.ts"
 import { events } from "../../schemas/events.ts"
-import { type Caller, makeCommands, projectInline } from "../../services/coordinator/commands.ts"
+import { makeProducer } from "../../core/producer.ts"
+import { type Caller, coordinatorProducer, makeCommands, projectInline } from "../../services/coordinator/commands.ts"
 import { session } from "../../services/coordinator/domain/session.ts"
 import { coordinatorProjection } from "../../services/coordinator/projection.ts"
 
@@ -21,7 +22,8 @@ beforeAll(async () => {
 afterAll(() => db.close())
 
 const limits = { maxDepth: 6, maxChildren: 50, maxPerZone: 100_000, maxPerApp: 100_000, defaultTtlSeconds: 3600 }
-const commandsOn = (database: typeof db.database) => makeCommands({ database, keys: makeKeys("conctest"), signer: undefined, limits })
+const commandsOn = (database: typeof db.database) =>
+  makeCommands({ producer: makeProducer(coordinatorProducer, { database, keys: makeKeys("conctest"), signer: undefined }), limits })
 const caller = (zoneId: string, app: string, i: number | string): Caller => ({ zoneId, applicationId: app, requestId: `r-${i}` })
 
 const snapshot = async (zone: string) => ({
@@ -44,7 +46,7 @@ describe("when the coordinator is rebuilt while 16 writers run", () => {
         const mine = sessions.filter((s) => s.app === app)
         const s = mine.length > 0 ? mine[(w * 7919 + i * 104729) % mine.length] : undefined
         const roll = (w * 31 + i * 17) % 10
-        const run = s === undefined || roll < 3
+        const run: Effect.Effect<unknown, unknown> = s === undefined || roll < 3
           ? Effect.map(commands.spawn(caller(zone, app, `${w}-${i}`), { applicationId: app, parentId: undefined, kind: "instance", ttlSeconds: undefined, metadata: {} }),
             (o) => sessions.push({ id: o.result.id, app }))
           : roll < 6 ? commands.suspend(caller(zone, app, `${w}-${i}`), s.id)

@@ -9,7 +9,8 @@ import { makeKeys } from "../../core/redis/keys.ts"
 import { freshDatabase } from "../../core/testing/index.ts"
 import { events } from "../../schemas/events.ts"
 import { sweep } from "../../services/coordinator/cascade.ts"
-import { type Caller, makeCommands } from "../../services/coordinator/commands.ts"
+import { makeProducer } from "../../core/producer.ts"
+import { type Caller, coordinatorProducer, makeCommands } from "../../services/coordinator/commands.ts"
 import { coordinatorProjection } from "../../services/coordinator/projection.ts"
 
 let db: Awaited<ReturnType<typeof freshDatabase>>
@@ -36,9 +37,7 @@ const snapshot = async () => ({
 describe("after a randomised workload of 10,000 commands", () => {
   it("rebuilding the coordinator's tables from the log gives the live tables exactly", async () => {
     const commands = makeCommands({
-      database: db.database,
-      keys: makeKeys("rebuildtest"),
-      signer: undefined,
+      producer: makeProducer(coordinatorProducer, { database: db.database, keys: makeKeys("rebuildtest"), signer: undefined }),
       limits: { maxDepth: 6, maxChildren: 8, maxPerZone: 3000, maxPerApp: 3000, defaultTtlSeconds: 3600 }
     })
     const rnd = random(20261129)

@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Redacted } from "effect"
 import { loadService } from "../../core/config/load.ts"
-import type { ServiceName } from "../../core/config/services.ts"
+import { type ServiceName, serviceSpecs } from "../../services/specs.ts"
 
 const base = {
   DATABASE_URL: "postgres://u:p@127.0.0.1:5432/db",
@@ -12,7 +12,7 @@ const base = {
 const stsBase = { ...base, ZONE_KEK: "11".repeat(32), OPA_URL: "http://127.0.0.1:8181" }
 
 const load = <N extends ServiceName>(service: N, env: Record<string, string>) =>
-  loadService(service).pipe(Effect.provide(ConfigProvider.layer(ConfigProvider.fromUnknown(env))))
+  loadService(service, serviceSpecs[service]).pipe(Effect.provide(ConfigProvider.layer(ConfigProvider.fromUnknown(env))))
 
 const failsOn = (service: ServiceName, env: Record<string, string>, variable: string, rule: RegExp) =>
   Effect.gen(function*() {
