@@ -54,6 +54,13 @@ export const answerFor = (error: unknown, mapper?: ErrorMapper): Answer => {
       }
       return { status: 400, code: "invalid_request", description: "bad request", internal: false }
     }
+    case "IdempotencyKeyReused":
+      return {
+        status: 422,
+        code: "idempotency_key_reused",
+        description: "this Idempotency-Key was used with a different request; use a new key",
+        internal: false
+      }
     case "SchemaError":
       return { status: 400, code: "invalid_request", description: schemaIssue(error), internal: false }
     case "DbError":

@@ -31,6 +31,7 @@ export interface Caller {
   readonly applicationId: string
   readonly requestId: string
   readonly idempotencyKey?: string | undefined
+  readonly idempotencyFingerprint?: string | undefined
 }
 
 const REVOCATIONS = new Set(["AgentTerminated", "DelegationRevoked"])
@@ -56,7 +57,8 @@ const metaOf = (c: Caller): CommandMeta => ({
   actor: { kind: c.kind ?? "application", id: c.applicationId },
   now: new Date(),
   correlationId: c.requestId,
-  idempotencyKey: c.idempotencyKey
+  idempotencyKey: c.idempotencyKey,
+  idempotencyFingerprint: c.idempotencyFingerprint
 })
 
 const lockZone = (trx: Transaction<Tables>, zoneId: string) =>

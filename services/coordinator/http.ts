@@ -3,6 +3,8 @@
 // mandate acts for the application concerned, runs the command, finishes any cascade it
 // started, and answers with the resulting session or delegation.
 import { Context, Effect, Layer } from "effect"
+import { createHash } from "node:crypto"
+import { canonicalJson } from "../../core/signing.ts"
 import { HttpRouter, HttpServerRequest as Req, HttpServerResponse as Res } from "effect/http"
 import { loadSpec } from "../../core/config/load.ts"
 import { coordinatorSpec } from "./config.ts"
@@ -87,10 +89,22 @@ const authed = <A, E, R>(coordinator: Coordinator["Service"], handler: (ctx: {
       applicationId: mandate.clientId,
       requestId: yield* RequestId,
       // keys are per caller: two applications choosing the same key never collide
-      idempotencyKey: idempotencyKey === undefined ? undefined : `${mandate.clientId}:${idempotencyKey}`
+      idempotencyKey: idempotencyKey === undefined ? undefined : `${mandate.clientId}:${idempotencyKey}`,
+      // what the key was used for: the route (with its ids); a handler with a body adds the body
+      idempotencyFingerprint: idempotencyKey === undefined ? undefined : `${req.method} ${req.url.split("?")[0]}`
     }
     return yield* handler({ zone, params, mandate, caller, coordinator })
   })
+
+/**
+ * The request an Idempotency-Key stands for: its route and its validated body in canonical
+ * form (key order and spacing do not matter), hashed. The same key with another body is refused.
+ */
+const withBody = (caller: Caller, body: unknown): Caller =>
+  caller.idempotencyFingerprint === undefined ? caller : {
+    ...caller,
+    idempotencyFingerprint: createHash("sha256").update(`${caller.idempotencyFingerprint}\n${canonicalJson(body)}`).digest("hex")
+  }
 
 type Prefix = "" | "/v1"
 
@@ -120,7 +134,7 @@ const sessionRoutes = (c: Coordinator["Service"], prefix: Prefix) => [
       const body = yield* Req.schemaBodyJson(Body.Spawn)
       yield* Effect.try({ try: () => requireActsFor(mandate, body.application_id), catch: (e) => e })
       yield* Body.checkMetadata(body.metadata)
-      const out = yield* coordinator.commands.spawn(caller, {
+      const out = yield* coordinator.commands.spawn(withBody(caller, body), {
         applicationId: body.application_id,
         parentId: body.parent_id ?? undefined,
         kind: body.kind ?? "instance",
@@ -190,7 +204,7 @@ const delegationRoutes = (c: Coordinator["Service"], prefix: Prefix) => [
       if (!actsFor(mandate, body.receiver_application_id) && !mandate.scopes.has("delegation:grant")) {
         return yield* httpError(403, "consent_required", "the receiver must consent (act for it, or hold delegation:grant)")
       }
-      const out = yield* coordinator.commands.createDelegation(caller, Body.delegationRequest(body))
+      const out = yield* coordinator.commands.createDelegation(withBody(caller, body), Body.delegationRequest(body))
       const d = yield* coordinator.queries.delegation(zone, out.result.id)
       return json(d, out.replayed ? 200 : 201)
     }))),

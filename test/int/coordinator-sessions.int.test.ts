@@ -37,6 +37,31 @@ describe("spawning", () => {
     expect(again.body.id).toBe(first.body.id)
   })
 
+  it("answers 422 idempotency_key_reused for the same key with a different body; the same body in another key order replays", async () => {
+    const first = await spawn({ metadata: { a: 1, b: 2 } }, { "idempotency-key": "k-body" })
+    expect(first.status).toBe(201)
+    const reordered = await spawn({ metadata: { b: 2, a: 1 } }, { "idempotency-key": "k-body" })
+    expect(reordered).toMatchObject({ status: 200, body: { id: first.body.id } })
+    const other = await spawn({ metadata: { a: 1, b: 3 } }, { "idempotency-key": "k-body" })
+    expect(other).toMatchObject({ status: 422, body: { error: "idempotency_key_reused" } })
+  })
+
+  it("returns a spawn's key's session only while it lives: once it ended, the same key spawns a new session", async () => {
+    // existing SDKs derive the key from (application, parent, kind): a second child sends the first child's key
+    const parent = await spawn({})
+    const key = { "idempotency-key": `app-a:${parent.body.id}:instance` }
+    const first = await spawn({ parent_id: parent.body.id }, key)
+    expect(first.status).toBe(201)
+    expect((await spawn({ parent_id: parent.body.id }, key)).body.id).toBe(first.body.id)
+    expect((await h.call("DELETE", `/zones/z1/agents/${first.body.id}`, { token, body: { reason: "done" } })).status).toBe(200)
+    const second = await spawn({ parent_id: parent.body.id }, key)
+    expect(second.status).toBe(201)
+    expect(second.body.id).not.toBe(first.body.id)
+    expect(second.body.status).toBe("active")
+    // and the new session now holds the key
+    expect((await spawn({ parent_id: parent.body.id }, key)).body.id).toBe(second.body.id)
+  })
+
   it("caps a child's TTL at its parent's remaining time", async () => {
     const root = await spawn({ ttl_seconds: 60 })
     const child = await spawn({ parent_id: root.body.id, ttl_seconds: 7200 })
