@@ -11,7 +11,7 @@ import { makeKysely } from "../core/db/database.ts"
 import type { Tables } from "../core/db/tables.ts"
 import { makeKeys } from "../core/redis/keys.ts"
 import type { Verifier } from "../core/signing.ts"
-import { stackEnv } from "../core/testing/stack.ts"
+import { stackEnv } from "../core/stack-env.ts"
 
 const withSecretDefault = <A>(parse: Var<A>["parse"], fallback: string, doc: string): Var<A> => ({
   parse,

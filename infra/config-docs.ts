@@ -2,7 +2,7 @@
 import { readFileSync, writeFileSync } from "node:fs"
 import path from "node:path"
 import { withTable } from "../core/config/docs.ts"
-import { repoRoot } from "../core/testing/stack.ts"
+import { repoRoot } from "../core/stack-env.ts"
 import { serviceSpecs } from "../services/specs.ts"
 
 const file = path.join(repoRoot, "README.md")

@@ -4,7 +4,8 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { existsSync, readFileSync, writeFileSync } from "node:fs"
 import path from "node:path"
-import { nodeBinary, repoRoot, stackEnv } from "../core/testing/index.ts"
+import { repoRoot, stackEnv } from "../core/stack-env.ts"
+import { nodeBinary } from "../core/testing/index.ts"
 
 const DEV_FILE = path.join(repoRoot, ".dev.env")
 
@@ -35,10 +36,11 @@ const services = [
   { name: "audit", port: 9090 }
 ].map((s) => ({ ...s, port: s.port + offset }))
 
-const stack = stackEnv()
+const { S3_ENDPOINT, ...stack } = stackEnv()
 const secrets = devSecrets()
 const shared = {
   ...stack,
+  AUDIT_EXPORT_S3_ENDPOINT: S3_ENDPOINT,
   ...secrets,
   CARACAL_MODE: "development",
   HOST: "127.0.0.1",

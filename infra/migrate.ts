@@ -2,7 +2,7 @@
 import { Effect } from "effect"
 import { makeDatabase, makeKysely } from "../core/db/database.ts"
 import { migrateToLatest } from "../core/db/migrate.ts"
-import { stackEnv } from "../core/testing/stack.ts"
+import { stackEnv } from "../core/stack-env.ts"
 
 const url = process.env.DATABASE_URL ?? stackEnv().DATABASE_URL
 const database = makeDatabase(makeKysely(url, 2))

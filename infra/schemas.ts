@@ -1,8 +1,8 @@
 // `npm run schemas`: writes schemas/json/ from the Effect Schema definitions.
 import { mkdirSync, rmSync, writeFileSync } from "node:fs"
 import path from "node:path"
-import { jsonSchemaFiles } from "../schemas/generate.ts"
-import { repoRoot } from "../core/testing/stack.ts"
+import { jsonSchemaFiles } from "../services/events.ts"
+import { repoRoot } from "../core/stack-env.ts"
 
 const dir = path.join(repoRoot, "schemas/json")
 rmSync(dir, { recursive: true, force: true })

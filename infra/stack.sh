@@ -319,6 +319,7 @@ write_env() {
   lines="DATABASE_URL=postgres://caracal:caracal@127.0.0.1:$PG_PORT/caracal
 REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 OPA_URL=http://127.0.0.1:$OPA_PORT
+S3_ENDPOINT=http://127.0.0.1:$MOTO_PORT
 AUDIT_EXPORT_S3_ENDPOINT=http://127.0.0.1:$MOTO_PORT"
   printf '%s\n' "$lines" >"$ROOT/.stack.env"
   echo

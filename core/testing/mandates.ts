@@ -105,7 +105,7 @@ export const startTestSts = async (opts: TestStsOptions = {}): Promise<TestSts> 
   let outageStatus: number | undefined
 
   const handle = (req: IncomingMessage, res: ServerResponse) => {
-    const url = new URL(req.url ?? "/", "http://sts")
+    const url = new URL(req.url ?? "/", "http://localhost")
     if (req.method !== "GET" || url.pathname !== "/.well-known/jwks.json") return json(res, 404, { error: "not_found" })
     const zone = url.searchParams.get("zone_id")
     if (zone === null || zone === "") return json(res, 400, { error: "invalid_request", error_description: "zone_id is required" })

@@ -1,35 +1,3 @@
-// Where the local stack is: the variables infra/stack.sh wrote to .stack.env, overridden
-// by the environment, so tests find Postgres and Redis with no manual export.
-import { existsSync, readFileSync } from "node:fs"
-import path from "node:path"
-
-export const repoRoot = path.resolve(import.meta.dirname, "../..")
-
-const fromFile = (): Record<string, string> => {
-  const file = path.join(repoRoot, ".stack.env")
-  if (!existsSync(file)) return {}
-  const out: Record<string, string> = {}
-  for (const line of readFileSync(file, "utf8").split("\n")) {
-    const m = /^([A-Z0-9_]+)=(.*)$/.exec(line.trim())
-    if (m?.[1] !== undefined && m[2] !== undefined) out[m[1]] = m[2]
-  }
-  return out
-}
-
-export interface StackEnv {
-  readonly DATABASE_URL: string
-  readonly REDIS_URL: string
-  readonly OPA_URL: string
-  readonly AUDIT_EXPORT_S3_ENDPOINT: string
-}
-
-export const stackEnv = (): StackEnv => {
-  const file = fromFile()
-  const pick = (k: keyof StackEnv, d: string) => process.env[`TEST_${k}`] ?? file[k] ?? d
-  return {
-    DATABASE_URL: pick("DATABASE_URL", "postgres://caracal:caracal@127.0.0.1:5432/caracal"),
-    REDIS_URL: pick("REDIS_URL", "redis://127.0.0.1:6379"),
-    OPA_URL: pick("OPA_URL", "http://127.0.0.1:8181"),
-    AUDIT_EXPORT_S3_ENDPOINT: pick("AUDIT_EXPORT_S3_ENDPOINT", "http://127.0.0.1:5050")
-  }
-}
+// Where the local stack is, for tests: the same defaults the CLI and the dev tools read
+// (core/stack-env.ts), re-exported here so tests keep importing them from core/testing.
+export { repoRoot, type StackEnv, stackEnv } from "../stack-env.ts"

@@ -10,7 +10,7 @@ import type { Aggregate, CommandMeta, PendingEvent } from "../../core/command.ts
 import type { ProducerDefinition, ProducerShape } from "../../core/producer.ts"
 import type { Tables } from "../../core/db/tables.ts"
 import type { Keys } from "../../core/redis/keys.ts"
-import { events } from "../../schemas/events.ts"
+import { events } from "./events.ts"
 import { type Constraints, delegation, type EndpointFacts, type InboundFacts } from "./domain/delegation.ts"
 import { type AgentKind, type Limits, limitRejection, type ParentFacts, session, type SessionCommand, type SessionState } from "./domain/session.ts"
 import { changesFor } from "./projection.ts"

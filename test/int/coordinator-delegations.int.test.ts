@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { makeConsumer } from "../../core/consumer.ts"
 import { signingKey, Verifier } from "../../core/signing.ts"
-import { events } from "../../schemas/events.ts"
+import { events } from "../../services/coordinator/events.ts"
 import { type CoordinatorHarness, startCoordinator } from "../fixtures/coordinator.ts"
 import { until } from "../fixtures/harness.ts"
 

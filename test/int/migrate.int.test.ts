@@ -1,10 +1,48 @@
 // Several services starting together against an empty database: all start, the schema is applied once.
+// The schema is the backbone's migrations (core/migrations/) and each service's own
+// (services/<name>/migrations/), applied as one order sorted by name; a name found twice is refused.
+import { Effect } from "effect"
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import path from "node:path"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { makeDatabase, makeKysely } from "../../core/db/database.ts"
+import { backboneMigrationFolder, FoldersMigrationProvider, migrateToLatest, migrationFolders } from "../../core/db/migrate.ts"
+import { repoRoot } from "../../core/stack-env.ts"
 import { emptyDatabase, stackEnv, startService, type TestDatabase } from "../../core/testing/index.ts"
-import { readdirSync } from "node:fs"
-import path from "node:path"
-import { repoRoot } from "../../core/testing/stack.ts"
+
+// names already recorded by migrated databases: they never change, wherever their files live
+const RECORDED = [
+  "0001_event_log",
+  "0002_relay_and_projections",
+  "0003_event_macs",
+  "0004_coordinator",
+  "0005_session_counts",
+  "0006_backbone_v2",
+  "0007_session_kind_service"
+]
+
+const namesIn = (dir: string) => readdirSync(dir).filter((f) => f.endsWith(".ts")).map((f) => f.replace(/\.ts$/, ""))
+// the backbone's migrations plus every service's, listed here independently of core/db/migrate.ts
+const union = (): Array<string> => {
+  const services = path.join(repoRoot, "services")
+  const folders = [
+    path.join(repoRoot, "core/migrations"),
+    ...readdirSync(services).map((s) => path.join(services, s, "migrations")).filter((d) => existsSync(d))
+  ]
+  return folders.flatMap(namesIn).sort()
+}
+
+const query = async <R extends pg.QueryResultRow>(url: string, text: string) => {
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  try {
+    return (await client.query<R>(text)).rows
+  } finally {
+    await client.end()
+  }
+}
 
 let db: TestDatabase
 beforeAll(async () => {
@@ -13,7 +51,7 @@ beforeAll(async () => {
 afterAll(() => db.drop())
 
 describe("when two services migrate one empty database at once", () => {
-  it("both start and every migration is recorded exactly once", async () => {
+  it("both start and every migration is recorded exactly once, in name order", async () => {
     const env = { DATABASE_URL: db.url, REDIS_URL: stackEnv().REDIS_URL, INSECURE_HTTP: "true", STS_URL: "http://127.0.0.1:1" }
     const [a, b] = await Promise.all([
       startService("coordinator", env),
@@ -22,18 +60,52 @@ describe("when two services migrate one empty database at once", () => {
     try {
       expect((await fetch(`${a!.url}/ready`)).status).toBe(200)
       expect((await fetch(`${b!.url}/ready`)).status).toBe(200)
-      const client = new pg.Client({ connectionString: db.url })
-      await client.connect()
-      const { rows } = await client.query<{ name: string; n: string }>("select name, count(*) as n from kysely_migration group by name")
-      await client.end()
-      const files = readdirSync(path.join(repoRoot, "migrations")).filter((f) => f.endsWith(".ts")).map((f) => f.replace(/\.ts$/, ""))
-      expect(rows.map((r) => r.name).sort()).toEqual(files.sort())
+      const rows = await query<{ name: string; n: string }>(db.url, "select name, count(*) as n from kysely_migration group by name")
+      const files = union()
+      expect(files).toEqual(expect.arrayContaining(RECORDED))
+      expect(rows.map((r) => r.name).sort()).toEqual(files)
       for (const r of rows) expect(r.n).toBe("1")
-      // exactly one of the two applied it; the other found nothing to do
-      const applied = [a!, b!].map((s) => s.stdout().split("\n").filter((l) => l.includes("migrations applied")).map((l) => JSON.parse(l).applied.length))
-      expect(applied.flat().sort()).toEqual([0, files.length])
+      // exactly one of the two applied them, in the sorted order of the union; the other found nothing to do
+      const applied = [a!, b!].flatMap((s) => s.stdout().split("\n").filter((l) => l.includes("migrations applied")).map((l) => JSON.parse(l).applied as Array<string>))
+      expect(applied.map((x) => x.length).sort()).toEqual([0, files.length])
+      expect(applied.find((x) => x.length > 0)).toEqual(files)
     } finally {
       await Promise.all([a!.stop(), b!.stop()])
+    }
+  })
+})
+
+describe("the migration folders", () => {
+  it("are the backbone's and every service's, and their migrations are the sorted union", async () => {
+    const folders = migrationFolders()
+    expect(folders[0]).toBe(backboneMigrationFolder)
+    expect(folders).toContain(path.join(repoRoot, "services/coordinator/migrations"))
+    const migrations = await new FoldersMigrationProvider(folders).getMigrations()
+    expect(Object.keys(migrations).sort()).toEqual(union())
+  })
+
+  it("a name found in two folders is refused, and nothing is applied", async () => {
+    const tmp = mkdtempSync(path.join(tmpdir(), "caracal-migrations-"))
+    const empty = await emptyDatabase("migrate_dup")
+    const database = makeDatabase(makeKysely(empty.url, 2))
+    try {
+      // a service folder that reuses a backbone name, beside a harmless new migration
+      const dup = path.join(tmp, "dup")
+      mkdirSync(dup)
+      writeFileSync(path.join(dup, "0003_event_macs.mjs"), "export async function up() {}\n")
+      writeFileSync(path.join(dup, "0099_fine.mjs"), "export async function up() {}\n")
+      const folders = [backboneMigrationFolder, dup]
+      await expect(new FoldersMigrationProvider(folders).files()).rejects.toThrow(/duplicate migration name 0003_event_macs/)
+      const error = await Effect.runPromise(Effect.flip(migrateToLatest(database, empty.url, folders)))
+      expect(String(error.cause)).toMatch(/duplicate migration name 0003_event_macs/)
+      const tables = await query<{ n: string }>(empty.url, "select count(*) as n from information_schema.tables where table_name = 'events'")
+      expect(tables[0]!.n).toBe("0")
+      const recorded = await query<{ n: string }>(empty.url, "select count(*) as n from kysely_migration")
+      expect(recorded[0]!.n).toBe("0")
+    } finally {
+      await database.db.destroy()
+      await empty.drop()
+      rmSync(tmp, { recursive: true, force: true })
     }
   })
 })

@@ -9,7 +9,7 @@ import { backoffMs, entryFields } from "../../core/relay.ts"
 import { sign, signingKey, Verifier } from "../../core/signing.ts"
 import { repoRoot } from "../../core/testing/stack.ts"
 import { decodeEnvelope } from "../../schemas/envelope.ts"
-import { jsonSchemaFiles } from "../../schemas/generate.ts"
+import { jsonSchemaFiles } from "../../services/events.ts"
 import { registry } from "../fixtures/ledger.ts"
 
 const k1 = signingKey(Buffer.alloc(32, 1))

@@ -2,7 +2,7 @@
 import { Result } from "effect"
 import { describe, expect, it } from "vitest"
 import { given, testMeta } from "../../core/testing/decider.ts"
-import { events } from "../../schemas/events.ts"
+import { events } from "../../services/coordinator/events.ts"
 import { delegation, type DelegationCommand, type EndpointFacts } from "../../services/coordinator/domain/delegation.ts"
 import { type Limits, type ParentFacts, session, type SessionCommand, type SessionEvent } from "../../services/coordinator/domain/session.ts"
 

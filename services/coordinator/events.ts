@@ -1,6 +1,8 @@
-// The coordinator's events, version 1 of each (frozen once published).
+// The coordinator's events, version 1 of each (frozen once published), and the registry
+// its producer writes with. services/events.ts merges them with every other service's
+// for the readers of all events (the CLI, `npm run schemas`).
 import { Schema } from "effect"
-import type { EventVersion } from "./registry.ts"
+import { EventRegistry, type EventVersion } from "../../schemas/registry.ts"
 
 const Id = Schema.String.pipe(Schema.check(Schema.isMinLength(1), Schema.isMaxLength(128)))
 const Instant = Schema.String.pipe(Schema.check(Schema.isPattern(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/u)))
@@ -49,3 +51,5 @@ export const coordinatorEvents: ReadonlyArray<EventVersion<any>> = [
   { type: "DelegationCreated", version: 1, data: DelegationCreatedV1 },
   { type: "DelegationRevoked", version: 1, data: DelegationRevokedV1 }
 ]
+
+export const events = new EventRegistry().register(...coordinatorEvents)

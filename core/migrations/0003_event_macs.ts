@@ -1,4 +1,4 @@
-// A MAC per event in the log, so that a rebuild or an auditor can tell a row altered in
+// A MAC per event in the log, so that a rebuild or an inspection can tell a row altered in
 // Postgres (the append-only trigger stops the application, not a superuser) from the
 // row the producer wrote.
 import { type Kysely, sql } from "kysely"
