@@ -10,34 +10,44 @@ import { decodeEnvelope, type Envelope } from "../schemas/envelope.ts"
 import type { EventRegistry } from "../schemas/registry.ts"
 import type { Verdict, Verifier } from "./signing.ts"
 
-/** An event as a handler sees it: the envelope with data upcast to the latest version. */
-export interface ReceivedEvent {
-  readonly envelope: Envelope
+/**
+ * An entry as a handler sees it: for domain streams the envelope with data upcast to the
+ * latest version; for a stream of records (the audit stream) the record as its decoder made it.
+ */
+export interface ReceivedEvent<T = Envelope> {
+  readonly envelope: T
   readonly stream: string
   readonly entryId: string
   readonly signature: Verdict | "not_checked"
 }
 
-export interface ConsumerOptions {
+/** Turns an entry's verified JSON into what the handler gets, or names why it is poison. */
+export type Decode<T> = (json: unknown) => { readonly ok: true; readonly value: T } | { readonly ok: false; readonly reason: string }
+
+export interface ConsumerOptions<T = Envelope> {
   readonly redis: Redis
   readonly streams: ReadonlyArray<string>
   readonly group: string
   readonly consumer?: string
-  readonly registry: EventRegistry
+  /** Decodes envelopes (domain events), unless `decode` is given for another kind of entry. */
+  readonly registry?: EventRegistry
+  readonly decode?: Decode<T>
   /** When it holds keys, every entry must carry a valid signature. */
   readonly verifier?: Verifier | undefined
-  readonly handle: (event: ReceivedEvent) => Promise<void>
+  readonly handle: (event: ReceivedEvent<T>) => Promise<void>
   /**
    * Optional: handles a whole read at once (one transaction for a projection). If it fails,
    * the entries are retried one by one through `handle`, so one bad entry cannot hold back
    * the others.
    */
-  readonly handleBatch?: (events: ReadonlyArray<ReceivedEvent>) => Promise<void>
+  readonly handleBatch?: (events: ReadonlyArray<ReceivedEvent<T>>) => Promise<void>
   readonly deadLetterStream: (stream: string) => string
   readonly count?: number
   readonly blockMs?: number
   readonly claimIdleMs?: number
   readonly claimIntervalMs?: number
+  /** A member of the group idle this long with nothing pending is a replica that is gone: removed. */
+  readonly deadConsumerMs?: number
   /** Deliveries after which a failing entry is parked in the dead-letter stream. */
   readonly maxDeliveries?: number
   readonly onError?: (error: unknown, entryId: string) => void
@@ -62,18 +72,37 @@ export const ensureGroup = async (redis: Redis, stream: string, group: string) =
   }
 }
 
-export type Classified =
-  | { readonly ok: true; readonly event: ReceivedEvent }
+export type Classified<T = Envelope> =
+  | { readonly ok: true; readonly event: ReceivedEvent<T> }
   | { readonly ok: false; readonly reason: string }
 
-/** Verify, parse and decode one entry; pure apart from the verifier's key lookups. */
+/** Decodes an envelope and upcasts its data to the latest version of its event. */
+export const envelopeDecoder = (registry: EventRegistry): Decode<Envelope> => (json) => {
+  const envelope = decodeEnvelope(json)
+  if (envelope._tag === "Failure") return { ok: false, reason: "invalid_envelope" }
+  const e = envelope.success
+  const decoded = registry.decode(e.type, e.schemaVersion, e.data)
+  if (decoded._tag === "Failure") return { ok: false, reason: decoded.failure.reason }
+  return { ok: true, value: { ...e, schemaVersion: decoded.success.version, data: decoded.success.data } }
+}
+
+/** Verify, parse and decode one domain-event entry; pure apart from the verifier's key lookups. */
 export const classify = (
   stream: string,
   entryId: string,
   raw: Array<string>,
   registry: EventRegistry,
   verifier: Verifier | undefined
-): Classified => {
+): Classified => classifyWith(stream, entryId, raw, envelopeDecoder(registry), verifier)
+
+/** Verify, parse and decode one entry with the given decoder. */
+export const classifyWith = <T>(
+  stream: string,
+  entryId: string,
+  raw: Array<string>,
+  decode: Decode<T>,
+  verifier: Verifier | undefined
+): Classified<T> => {
   const f = fieldsOf(raw)
   if (f.e === undefined) return { ok: false, reason: "missing_payload" }
   let signature: ReceivedEvent["signature"] = "not_checked"
@@ -87,15 +116,9 @@ export const classify = (
   } catch {
     return { ok: false, reason: "corrupt_json" }
   }
-  const envelope = decodeEnvelope(json)
-  if (envelope._tag === "Failure") return { ok: false, reason: "invalid_envelope" }
-  const e = envelope.success
-  const decoded = registry.decode(e.type, e.schemaVersion, e.data)
-  if (decoded._tag === "Failure") return { ok: false, reason: decoded.failure.reason }
-  return {
-    ok: true,
-    event: { envelope: { ...e, schemaVersion: decoded.success.version, data: decoded.success.data }, stream, entryId, signature }
-  }
+  const decoded = decode(json)
+  if (!decoded.ok) return decoded
+  return { ok: true, event: { envelope: decoded.value, stream, entryId, signature } }
 }
 
 export interface Consumer {
@@ -105,7 +128,8 @@ export interface Consumer {
   readonly stats: { handled: number; deadLettered: number; claimed: number }
 }
 
-export const makeConsumer = (opts: ConsumerOptions): Consumer => {
+export const makeConsumer = <T = Envelope>(opts: ConsumerOptions<T>): Consumer => {
+  const decode = opts.decode ?? (envelopeDecoder(opts.registry!) as unknown as Decode<T>)
   const name = opts.consumer ?? defaultConsumerName()
   const count = opts.count ?? 100
   const blockMs = opts.blockMs ?? 1000
@@ -133,7 +157,7 @@ export const makeConsumer = (opts: ConsumerOptions): Consumer => {
       await opts.redis.xack(stream, opts.group, id)
       return
     }
-    const c = classify(stream, id, raw, opts.registry, opts.verifier)
+    const c = classifyWith(stream, id, raw, decode, opts.verifier)
     if (!c.ok) return deadLetter(stream, id, raw, c.reason)
     try {
       await opts.handle(c.event)
@@ -150,7 +174,7 @@ export const makeConsumer = (opts: ConsumerOptions): Consumer => {
 
   /** First deliveries in one call; poison is parked first, the rest handled and acknowledged together. */
   const processBatch = async (stream: string, entries: Array<Entry>): Promise<void> => {
-    const good: Array<ReceivedEvent> = []
+    const good: Array<ReceivedEvent<T>> = []
     const raws = new Map<string, Array<string>>()
     const gone: Array<string> = [] // trimmed or deleted while pending: nothing to apply
     for (const [id, raw] of entries) {
@@ -158,7 +182,7 @@ export const makeConsumer = (opts: ConsumerOptions): Consumer => {
         gone.push(id)
         continue
       }
-      const c = classify(stream, id, raw, opts.registry, opts.verifier)
+      const c = classifyWith(stream, id, raw, decode, opts.verifier)
       if (c.ok) {
         good.push(c.event)
         raws.set(id, raw)
@@ -214,6 +238,21 @@ export const makeConsumer = (opts: ConsumerOptions): Consumer => {
     }
   }
 
+  const deadConsumerMs = opts.deadConsumerMs ?? 3_600_000
+  /** Members of replicas that are gone: their pending entries were claimed above, so they hold nothing. */
+  const removeDeadConsumers = async () => {
+    for (const stream of opts.streams) {
+      const members = (await opts.redis.xinfo("CONSUMERS", stream, opts.group)) as Array<Array<unknown>>
+      for (const raw of members) {
+        const m: Record<string, unknown> = {}
+        for (let i = 0; i + 1 < raw.length; i += 2) m[String(raw[i])] = raw[i + 1]
+        if (m.name !== name && Number(m.pending) === 0 && Number(m.idle) > deadConsumerMs) {
+          await opts.redis.xgroup("DELCONSUMER", stream, opts.group, String(m.name))
+        }
+      }
+    }
+  }
+
   const run = async () => {
     for (const s of opts.streams) await ensureGroup(opts.redis, s, opts.group)
     let lastClaim = 0
@@ -224,6 +263,7 @@ export const makeConsumer = (opts: ConsumerOptions): Consumer => {
         if (Date.now() - lastClaim >= claimIntervalMs) {
           lastClaim = Date.now()
           await claimIdle()
+          await removeDeadConsumers()
         }
         const reply = (await reader.xreadgroup(
           "GROUP", opts.group, name, "COUNT", count, "BLOCK", blockMs, "STREAMS", ...opts.streams, ...ids

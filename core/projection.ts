@@ -168,6 +168,25 @@ export const applyDeliveredToPostgres = (
 ): Promise<number> =>
   db.transaction().execute((trx) => applyBatch(trx, registry, projection, events.map(envelopeItem)))
 
+/**
+ * Read-your-writes: a projection that misses an aggregate (spawn → exchange before the event
+ * has reached this consumer) applies that aggregate's events from the log, once, before the
+ * caller refuses. Returns how many events were new to the projection.
+ */
+export const refreshPostgres = (
+  db: Kysely<Tables>,
+  registry: EventRegistry,
+  projection: PgProjection,
+  aggregate: { readonly type: string; readonly id: string }
+): Promise<number> =>
+  db.transaction().execute(async (trx) => {
+    const rows = await loadAggregateEvents(trx, aggregate)
+    if (rows.length === 0) return 0
+    const before = (await lockCheckpoints(trx, projection.name, [rowItem(registry, rows[0]!)])).get(keyOf(aggregate.type, aggregate.id)) ?? 0
+    await applyBatch(trx, registry, projection, rows.filter((r) => r.sequence > before).map((r) => rowItem(registry, r)))
+    return rows.filter((r) => r.sequence > before).length
+  })
+
 /** A log row whose MAC does not match: altered after it was written, or by someone without the key. */
 export class LogTampered extends Error {
   readonly _tag = "LogTampered"
@@ -325,6 +344,14 @@ export class MemoryProjectionRunner<S> {
     if (this.projection.handles.has(event.type)) await this.projection.apply(this.state, event)
     this.checkpoints.set(key, event.sequence)
     return "applied"
+  }
+
+  /** Read-your-writes: applies what the log has of this aggregate beyond its checkpoint. */
+  async refresh(aggregate: { readonly type: string; readonly id: string }): Promise<number> {
+    const key = `${aggregate.type}\u0000${aggregate.id}`
+    const rows = await loadAggregateEvents(this.db, aggregate, this.checkpoints.get(key) ?? 0)
+    for (const row of rows) await this.apply(upcastRow(this.registry, row))
+    return rows.length
   }
 
   async catchUp(batchSize = 2000, verifier?: Verifier): Promise<number> {

@@ -40,13 +40,43 @@ export const ackedBoundary = async (redis: Redis, stream: string): Promise<strin
   return boundary
 }
 
+/** A group none of whose consumers has read for this long belongs to replicas that are gone. */
+export const DEAD_GROUP_IDLE_MS = 6 * 3_600_000
+
 /**
- * Trims entries older than `maxAgeMs`, but only those every group has acknowledged. A
- * stream without groups is trimmed by age alone (no reader depends on it). Returns the
- * number of entries removed.
+ * Destroys the groups whose consumers have all been idle longer than `idleMs`: a group left
+ * by replicas that are gone would otherwise pin trimming for ever. A consumer that comes back
+ * recreates its group and catches up from the log (see consumer-layer.ts); a group with no
+ * consumer yet (just created) is left alone.
  */
-export const trimStream = async (redis: Redis, stream: string, maxAgeMs: number, now = Date.now()): Promise<number> => {
+export const removeDeadGroups = async (redis: Redis, stream: string, idleMs: number): Promise<Array<string>> => {
+  const removed: Array<string> = []
+  const groups = ((await redis.xinfo("GROUPS", stream)) as Array<Array<unknown>>).map(asRecord)
+  for (const g of groups) {
+    const name = String(g.name)
+    const consumers = ((await redis.xinfo("CONSUMERS", stream, name)) as Array<Array<unknown>>).map(asRecord)
+    if (consumers.length > 0 && consumers.every((c) => Number(c.idle) > idleMs)) {
+      await redis.xgroup("DESTROY", stream, name)
+      removed.push(name)
+    }
+  }
+  return removed
+}
+
+/**
+ * Trims entries older than `maxAgeMs`, but only those every live group has acknowledged
+ * (dead groups are removed first, see removeDeadGroups). A stream without groups is trimmed
+ * by age alone (no reader depends on it). Returns the number of entries removed.
+ */
+export const trimStream = async (
+  redis: Redis,
+  stream: string,
+  maxAgeMs: number,
+  now = Date.now(),
+  deadGroupMs = DEAD_GROUP_IDLE_MS
+): Promise<number> => {
   if ((await redis.exists(stream)) === 0) return 0
+  await removeDeadGroups(redis, stream, deadGroupMs)
   const byAge = `${Math.max(0, now - maxAgeMs)}-0`
   const acked = await ackedBoundary(redis, stream)
   const cut = acked !== undefined && compareIds(acked, byAge) < 0 ? acked : byAge
