@@ -1,13 +1,13 @@
 // The consumer side of the backbone as one layer a service configures: which streams, how
 // the work is shared, and the projection. Three modes, because the services need all three:
 //
-//   group          work shared across replicas (the sts's projections, the audit chain): a
+//   group          work shared across replicas (Postgres projections, a ledger): a
 //                  Postgres projection catches up from the log, then a consumer group follows
 //                  the streams; claims, the DLQ and dead members are handled by the group member.
 //   every-replica  each replica reads every event without a group (in-memory projections such
-//                  as the gateway's): catch up from the log, then XREAD from the stream position
+//                  a routing table): catch up from the log, then XREAD from the stream position
 //                  noted before the catch-up began.
-//   stream-only    records that have no log row (the audit stream): a group with a decoder of
+//   stream-only    records that have no log row (e.g. decision records): a group with a decoder of
 //                  the service's choosing; records are deduplicated by their id.
 //
 // At the switch from the log to the stream nothing is lost and nothing applied twice: what

@@ -12,7 +12,7 @@ import type { Verdict, Verifier } from "./signing.ts"
 
 /**
  * An entry as a handler sees it: for domain streams the envelope with data upcast to the
- * latest version; for a stream of records (the audit stream) the record as its decoder made it.
+ * latest version; for a stream of records (entries with no log row) the record as its decoder made it.
  */
 export interface ReceivedEvent<T = Envelope> {
   readonly envelope: T

@@ -314,7 +314,7 @@ export const rebuildPostgres = async (
 
 // ---------------------------------------------------------------- in-memory projections
 
-/** An in-memory read model (the gateway's): the same once-only rule, checkpoints in memory. */
+/** An in-memory read model (kept by every replica): the same once-only rule, checkpoints in memory. */
 export class MemoryProjectionRunner<S> {
   private readonly checkpoints = new Map<string, number>()
   cursor: LogCursor = LOG_START

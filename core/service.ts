@@ -25,7 +25,7 @@ export interface ServiceDefinition<S extends ServiceSpec> {
   /** Background work (relays, consumers, sweepers) that lives as long as the service. */
   readonly background?: Layer.Layer<never, unknown, Infra | Producer>
   readonly mapError?: ErrorMapper
-  /** Extra /ready checks built from the service's own variables (e.g. OPA for the STS). */
+  /** Extra /ready checks built from the service's own variables (e.g. a policy engine). */
   readonly readyChecksFrom?: (vars: Loaded<S>["vars"]) => ReadonlyArray<ReadyCheck>
 }
 

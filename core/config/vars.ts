@@ -10,7 +10,7 @@ export interface Var<A> {
   readonly required: boolean
   /** The raw default, parsed like any other value; absent means "no default". */
   readonly default?: string
-  /** A default that is another variable's value (e.g. AUDIT_STREAM_URL → REDIS_URL). */
+  /** A default that is another variable's value (e.g. a second Redis URL that falls back to REDIS_URL). */
   readonly defaultFrom?: string
   readonly secret: boolean
   readonly doc: string

@@ -1,4 +1,4 @@
-// A readiness probe of an HTTP dependency (OPA, the STS): 2xx within the timeout, or not ready.
+// A readiness probe of an HTTP dependency (a policy engine, another service): 2xx within the timeout, or not ready.
 import { Effect } from "effect"
 
 export const httpProbe = (url: string, timeoutMs = 2000): Effect.Effect<void, Error> =>

@@ -94,7 +94,7 @@ describe("every replica reading every event, with their Redis connections killed
     try {
       await writeSome("n", 40)
       // drop every other client's connection: the followers' blocked reads fail and resume
-      await h.redis.redis.client("KILL", "TYPE", "normal", "SKIPME", "yes")
+      await h.redis.redis.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
       await writeSome("o", 40)
       const live = async () => new Map((await table("balances")).map((r) => [String(r.account_id), Number(r.balance)]))
       for (const runner of runners) {

@@ -4,7 +4,7 @@
 // Facts beyond one session (its parent, the limits) arrive in the command: the decider
 // stays pure. The counting limits (live sessions per zone, per application, children per
 // parent) are not decided here but reserved atomically by the database in the spawn's
-// write statement (see migrations/0005_session_counts.ts), which keeps them exact across
+// write statement (see services/coordinator/migrations/0005_session_counts.ts), which keeps them exact across
 // replicas without a lock held over round trips.
 //
 // Kinds. `instance`: a long-lived agent that may spawn children. `service`: the name
