@@ -14,7 +14,7 @@ import { makeHarness, type Harness, PRODUCER, until } from "../fixtures/harness.
 import { registry } from "../fixtures/ledger.ts"
 
 const BATCH = 32
-const LEASE_MS = 1000
+const LEASE_MS = 2000
 
 let h: Harness
 beforeEach(async () => {
@@ -98,7 +98,11 @@ const checkStreamAgainstLog = async () => {
     expect(applied.get(r.aggregate_id) ?? 0, `applied once: ${r.aggregate_id}`).toBe(Number(r.deposits))
   }
   expect(inversions, "first deliveries out of per-aggregate order").toBe(0)
-  expect(duplicates, "at most one batch of duplicates").toBeLessThanOrEqual(BATCH)
+  // each change of leader may repeat the batch the old leader had in flight, no more; the
+  // scenario forces one change, and a busy machine may add one when a renewal is late
+  const epoch = Number((await sql<{ epoch: string }>`select epoch::text from relay_leases where producer = ${PRODUCER}`.execute(h.db.database.db)).rows[0]!.epoch)
+  const changes = Math.max(1, epoch - 1)
+  expect(duplicates, `at most one batch of duplicates per change of leader (${changes})`).toBeLessThanOrEqual(BATCH * changes)
   return { entries: entries.length, duplicates }
 }
 
