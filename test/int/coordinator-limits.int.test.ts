@@ -1,5 +1,5 @@
 // Limits under concurrency, through two coordinator replicas sharing one database: the
-// zone lock makes every limit exact, and a refused spawn writes no event.
+// counters reserved inside each spawn's write statement make every limit exact, and a refused spawn writes no event.
 import { sql } from "kysely"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { makeKysely } from "../../core/db/database.ts"
