@@ -15,7 +15,7 @@ import { stackEnv } from "../../core/testing/index.ts"
 import { trimStream } from "../../core/trim.ts"
 import { coordinatorSpec } from "../../services/coordinator/config.ts"
 import { makeHarness, type Harness, until } from "../fixtures/harness.ts"
-import { balancesProjection, ledgerTable, registry } from "../fixtures/ledger.ts"
+import { balancesProjection, ledgerTable, registry, memoryBalances } from "../fixtures/ledger.ts"
 
 let h: Harness
 let relay: ReturnType<Harness["relay"]>
@@ -79,15 +79,7 @@ describe("a group consumer with two replicas, one stopped midway", () => {
 describe("every replica reading every event, with their Redis connections killed midway", () => {
   it("each replica's in-memory projection ends equal to the live state", async () => {
     await writeSome("m", 30)
-    const makeRunner = () =>
-      new MemoryProjectionRunner({
-        name: "memory",
-        handles: new Set(["AccountOpened", "FundsDeposited"]),
-        apply: (state: Map<string, number>, e) => {
-          state.set(e.aggregate.id, e.type === "AccountOpened" ? 0 : state.get(e.aggregate.id)! + (e.data as { amount: number }).amount)
-        },
-        reset: (state: Map<string, number>) => state.clear()
-      }, new Map<string, number>(), h.db.database.db, registry)
+    const makeRunner = () => new MemoryProjectionRunner(memoryBalances, new Map<string, number>(), h.db.database.db, registry)
     const runners = [makeRunner(), makeRunner()]
     const stops = runners.map((runner) =>
       start({ mode: "every-replica", name: "memory", streams: () => [h.stream], registry, runner: runner as MemoryProjectionRunner<unknown> }))

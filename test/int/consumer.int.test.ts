@@ -7,7 +7,7 @@ import { applyDeliveredToPostgres, applyToPostgres, catchUpPostgres, LogTampered
 import { entryFields } from "../../core/relay.ts"
 import { sign } from "../../core/signing.ts"
 import { makeHarness, type Harness, until } from "../fixtures/harness.ts"
-import { balancesProjection, ledgerTable, registry } from "../fixtures/ledger.ts"
+import { balancesProjection, ledgerTable, registry, memoryBalances } from "../fixtures/ledger.ts"
 
 // each test gets its own database and stream: a group created at "0" would otherwise see earlier tests' entries
 let h: Harness
@@ -263,14 +263,7 @@ describe("an in-memory projection (as the gateway keeps)", () => {
   it("catches up from the log, then applies delivered events once, filling gaps from the log", async () => {
     for (let i = 0; i < 3; i++) await h.run(`mem-${i}`, { _tag: "Open", owner: "m" })
     const balances = new Map<string, number>()
-    const runner = new MemoryProjectionRunner({
-      name: "memory",
-      handles: new Set(["AccountOpened", "FundsDeposited"]),
-      apply: (state: Map<string, number>, e) => {
-        state.set(e.aggregate.id, e.type === "AccountOpened" ? 0 : state.get(e.aggregate.id)! + (e.data as { amount: number }).amount)
-      },
-      reset: (state: Map<string, number>) => state.clear()
-    }, balances, h.db.database.db, registry)
+    const runner = new MemoryProjectionRunner(memoryBalances, balances, h.db.database.db, registry)
     await until(async () => (await runner.catchUp()) >= 0 && balances.size === 3, 10_000, "caught up")
     // three deposits; the stream delivers the third first, then a duplicate of the first
     const outs = []

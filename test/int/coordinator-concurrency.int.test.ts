@@ -67,21 +67,21 @@ describe("when the coordinator is rebuilt while 16 writers run", () => {
     const writers = Array.from({ length: 16 }, (_, w) => writer(w))
     let rebuilds = 0
     try {
-      const until = Date.now() + 4000
-      while (Date.now() < until) {
-        const before = written
+      // rebuild back to back until several rebuilds have overlapped a fair amount of traffic
+      // (a busy machine gets there later: a generous deadline rather than a fixed duration)
+      const deadline = Date.now() + 60_000
+      while ((rebuilds < 3 || written < 200) && Date.now() < deadline) {
         await rebuildPostgres(db.database.db, events, coordinatorProjection)
         rebuilds++
-        // writes landed between rebuilds too, so the rebuilds overlapped live traffic
+        // writers that waited for the rebuild run now, on the rebuilt rows
         await new Promise((r) => setTimeout(r, 50))
-        expect(written).toBeGreaterThanOrEqual(before)
       }
     } finally {
       stopped = true
       await Promise.all(writers)
     }
-    expect(rebuilds).toBeGreaterThan(1)
-    expect(written).toBeGreaterThan(200)
+    expect(rebuilds).toBeGreaterThanOrEqual(3)
+    expect(written).toBeGreaterThanOrEqual(200)
     const live = await snapshot(zone)
     // a quiet rebuild is the fold of the log: the live tables must equal it
     await rebuildPostgres(db.database.db, events, coordinatorProjection)

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { catchUpPostgres, MemoryProjectionRunner } from "../../core/projection.ts"
 import { stackEnv } from "../../core/testing/index.ts"
 import { makeHarness, type Harness } from "../fixtures/harness.ts"
-import { balancesProjection, ledgerTable, registry } from "../fixtures/ledger.ts"
+import { balancesProjection, ledgerTable, registry, memoryBalances } from "../fixtures/ledger.ts"
 
 let h: Harness
 let unrelated: pg.Client
@@ -48,14 +48,7 @@ describe("when an unrelated transaction stays open on the server", () => {
 
   it("an in-memory projection catches up and fills gaps while it stays open", async () => {
     const balances = new Map<string, number>()
-    const runner = new MemoryProjectionRunner({
-      name: "memory",
-      handles: new Set(["AccountOpened", "FundsDeposited"]),
-      apply: (state: Map<string, number>, e) => {
-        state.set(e.aggregate.id, e.type === "AccountOpened" ? 0 : state.get(e.aggregate.id)! + (e.data as { amount: number }).amount)
-      },
-      reset: (state: Map<string, number>) => state.clear()
-    }, balances, h.db.database.db, registry)
+    const runner = new MemoryProjectionRunner(memoryBalances, balances, h.db.database.db, registry)
     await h.run("gap", { _tag: "Open", owner: "g" })
     expect(await runner.catchUp()).toBeGreaterThan(0)
     expect(balances.get("gap")).toBe(0)
