@@ -16,6 +16,22 @@ const withAdmin = async <A>(f: (c: pg.Client) => Promise<A>): Promise<A> => {
   }
 }
 
+/**
+ * DROP … WITH (FORCE) refuses when a backend it cannot signal is in the database — an
+ * autovacuum worker, busy after a heavy test: that one ends on its own, so try again.
+ */
+const dropForced = async (name: string) => {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await withAdmin((c) => c.query(`drop database if exists ${name} with (force)`))
+      return
+    } catch (e) {
+      if ((e as { code?: string }).code !== "42501" || attempt >= 50) throw e
+      await new Promise((r) => setTimeout(r, 200))
+    }
+  }
+}
+
 export interface TestDatabase {
   readonly name: string
   readonly url: string
@@ -32,7 +48,7 @@ export const emptyDatabase = async (label: string): Promise<TestDatabase> => {
   return {
     name,
     url: url.toString(),
-    drop: () => withAdmin((c) => c.query(`drop database if exists ${name} with (force)`)).then(() => undefined)
+    drop: () => dropForced(name)
   }
 }
 

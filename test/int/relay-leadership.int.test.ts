@@ -37,9 +37,15 @@ const startRelay = (name: string, extra: Record<string, string> = {}): RelayProc
     RELAY_KEY_HEX: h.signer.key.export().toString("hex"),
     ...extra
   })
-  const lines = () => p.stdout().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Record<string, unknown>)
+  const lines = () => p.stdout().split("\n").filter((l) => l.startsWith("{") && !l.includes('"at"')).map((l) => JSON.parse(l) as Record<string, unknown>)
   return { ...p, name, lines }
 }
+
+/** What the relays and writers were doing, for a failure message. */
+const diagnostics = (a: RelayProcess, b: RelayProcess | undefined, writers: { written: () => number; failure: () => unknown }) =>
+  [`written: ${writers.written()}, writer failure: ${String(writers.failure() ?? "none")}`,
+    `A out: ${a.stdout().slice(-3000)}`, `A err: ${a.stderr().slice(-2000)}`,
+    `B out: ${b?.stdout().slice(-3000)}`, `B err: ${b?.stderr().slice(-2000)}`].join("\n")
 
 const leads = (r: RelayProcess) => r.lines().filter((l) => "leader" in l).at(-1)?.leader === true
 
@@ -48,16 +54,22 @@ const startWriters = async (accounts: ReadonlyArray<string>) => {
   for (const a of accounts) await h.run(a, { _tag: "Open", owner: a })
   let stopped = false
   let written = 0
+  let failure: unknown
   const loops = accounts.map(async (a) => {
     while (!stopped) {
-      await h.run(a, { _tag: "Deposit", amount: 1 })
-      written++
+      try {
+        await h.run(a, { _tag: "Deposit", amount: 1 })
+        written++
+      } catch (e) {
+        failure = e
+      }
       // a steady trickle: the relay's batches then interleave with the faults
       await new Promise((r) => setTimeout(r, 2))
     }
   })
   return {
     written: () => written,
+    failure: () => failure,
     stop: async () => {
       stopped = true
       await Promise.all(loops)
@@ -121,11 +133,12 @@ describe("when the leader's database connections are killed and a second relay s
       b = startRelay("relay-b")
       const before = await streamLength()
       await until(async () => (await streamLength()) > before + 1500, 60_000, "publishing goes on")
+    } catch (e) {
+      throw new Error(`${(e as Error).message}\n${diagnostics(a, b, writers)}`)
     } finally {
       await writers.stop()
     }
     try {
-      if (process.env.DEBUG_RELAY) console.log("A", a.stdout(), a.stderr(), "B", b?.stdout(), b?.stderr())
       const result = await checkStreamAgainstLog()
       expect(result.entries).toBeGreaterThan(writers.written())
     } finally {
@@ -156,6 +169,8 @@ describe("when the leader is frozen mid-batch past its lease while a standby tak
       await until(() => a.lines().some((l) => l.leader === false && Number(l.fenced) >= 1), 30_000, "A fenced off")
       const after = await streamLength()
       await until(async () => (await streamLength()) > after + 100, 30_000, "publishing goes on after A woke")
+    } catch (e) {
+      throw new Error(`${(e as Error).message}\n${diagnostics(a, b, writers)}`)
     } finally {
       await writers.stop()
     }
