@@ -7,7 +7,7 @@ import { sql } from "kysely"
 import { existsSync, mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
-import { afterAll, beforeEach, describe, expect, it } from "vitest"
+import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest"
 import { classify } from "../../core/consumer.ts"
 import { spawnScript, stackEnv } from "../../core/testing/index.ts"
 import { makeHarness, type Harness, PRODUCER, until } from "../fixtures/harness.ts"
@@ -22,6 +22,14 @@ beforeEach(async () => {
   h = await makeHarness("leader")
 })
 afterAll(() => h.close())
+// every relay process a test started is ended, whatever happened to the test
+const started: Array<ReturnType<typeof spawnScript>> = []
+afterEach(() => {
+  for (const p of started.splice(0)) {
+    p.child.kill("SIGCONT")
+    p.child.kill("SIGKILL")
+  }
+})
 
 type RelayProcess = ReturnType<typeof spawnScript> & { readonly name: string; readonly lines: () => Array<Record<string, unknown>> }
 
@@ -37,6 +45,7 @@ const startRelay = (name: string, extra: Record<string, string> = {}): RelayProc
     RELAY_KEY_HEX: h.signer.key.export().toString("hex"),
     ...extra
   })
+  started.push(p)
   const lines = () => p.stdout().split("\n").filter((l) => l.startsWith("{") && !l.includes('"at"')).map((l) => JSON.parse(l) as Record<string, unknown>)
   return { ...p, name, lines }
 }
@@ -138,13 +147,8 @@ describe("when the leader's database connections are killed and a second relay s
     } finally {
       await writers.stop()
     }
-    try {
-      const result = await checkStreamAgainstLog()
-      expect(result.entries).toBeGreaterThan(writers.written())
-    } finally {
-      a.child.kill("SIGKILL")
-      b?.child.kill("SIGKILL")
-    }
+    const result = await checkStreamAgainstLog()
+    expect(result.entries).toBeGreaterThan(writers.written())
   }, 120_000)
 })
 
@@ -174,11 +178,6 @@ describe("when the leader is frozen mid-batch past its lease while a standby tak
     } finally {
       await writers.stop()
     }
-    try {
-      await checkStreamAgainstLog()
-    } finally {
-      a.child.kill("SIGKILL")
-      b?.child.kill("SIGKILL")
-    }
+    await checkStreamAgainstLog()
   }, 120_000)
 })
