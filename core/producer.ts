@@ -81,9 +81,9 @@ export class Producer extends Context.Service<Producer, ProducerShape>()("caraca
    * The producer of a service whose variable spec has the producer's variables (see
    * `producerVars` in core/config/common.ts): any other spec is a compile error.
    */
-  static readonly layer = <S extends ProducerSpec>(_spec: S, def: ProducerDefinition): Layer.Layer<Producer, ConfigInvalid, Database | RedisClient> =>
+  static readonly layer = <S extends ProducerSpec>(spec: S, def: ProducerDefinition): Layer.Layer<Producer, ConfigInvalid, Database | RedisClient> =>
     Layer.effect(Producer, Effect.gen(function*() {
-      const vars = yield* loadSpec(producerSpecOf(_spec))
+      const vars = yield* loadSpec(producerSpecOf(spec))
       const database = yield* Database
       const redis = yield* RedisClient
       const signer = signerFrom(vars.STREAMS_HMAC_KEY)
