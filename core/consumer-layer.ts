@@ -67,16 +67,26 @@ export const Consumer = {
       const context = yield* Effect.context<never>()
       const report = (what: string) => (e: unknown) =>
         Effect.runForkWith(context)(Effect.logWarning(`consumer ${def.name}: ${what}`).pipe(Effect.annotateLogs({ error: String(e) })))
-      const count = (name: string, n: number, metric = handled) =>
-        n > 0 ? Effect.runForkWith(context)(Metric.update(Metric.withAttributes(metric, { consumer: name }), n)) : undefined
+      // counted here, reported to the metrics every few seconds: no fiber per entry on the hot path
+      const counts = { applied: 0, parked: 0 }
+      const count = (n: number) => void (counts.applied += n)
+      const report5s = (parkedSoFar: () => number) =>
+        Effect.gen(function*() {
+          const parkedNow = parkedSoFar()
+          if (counts.applied > 0) yield* Metric.update(Metric.withAttributes(handled, { consumer: def.name }), counts.applied)
+          if (parkedNow > counts.parked) yield* Metric.update(Metric.withAttributes(parked, { consumer: def.name }), parkedNow - counts.parked)
+          counts.applied = 0
+          counts.parked = parkedNow
+        }).pipe(Effect.repeat(Schedule.spaced("5 seconds")), Effect.forkScoped)
 
       if (def.mode === "every-replica") {
         // the stream position before the catch-up: everything published later is read from the stream
         const from = yield* Effect.promise(() => lastIds(redis.streams, streams))
         yield* Effect.tryPromise(() => def.runner.catchUp(2000, verifier))
         yield* follow(redis.streams, streams, from, verifier, envelopeDecoder(def.registry), async (e) => {
-          if ((await def.runner.apply(e)) === "applied") count(def.name, 1)
+          if ((await def.runner.apply(e)) === "applied") count(1)
         }, report("apply failed; retrying"))
+        yield* report5s(() => 0)
         return
       }
 
@@ -92,18 +102,14 @@ export const Consumer = {
           registry: def.registry,
           verifier,
           deadLetterStream: redis.keys.deadLetters,
-          handle: (e) => applyDeliveredToPostgres(database.db, def.registry, def.projection, [e.envelope]).then((n) => void count(def.name, n)),
+          handle: (e) => applyDeliveredToPostgres(database.db, def.registry, def.projection, [e.envelope]).then(count),
           handleBatch: (events) =>
-            applyDeliveredToPostgres(database.db, def.registry, def.projection, events.map((e) => e.envelope)).then((n) => void count(def.name, n)),
+            applyDeliveredToPostgres(database.db, def.registry, def.projection, events.map((e) => e.envelope)).then(count),
           onError: report("handler failed")
         })
         : recordMember(def, redis.streams, streams, verifier, redis.keys, count, report("handler failed"))
-      let reported = 0
       yield* Effect.acquireRelease(Effect.sync(() => member.run()), (done) => Effect.promise(() => { member.stop(); return done }))
-      yield* Effect.sync(() => {
-        count(def.name, member.stats.deadLettered - reported, parked)
-        reported = member.stats.deadLettered
-      }).pipe(Effect.repeat(Schedule.spaced("5 seconds")), Effect.forkScoped)
+      yield* report5s(() => member.stats.deadLettered)
     }))
 }
 
@@ -118,7 +124,7 @@ const recordMember = (
   streams: ReadonlyArray<string>,
   verifier: Verifier,
   keys: Keys,
-  count: (name: string, n: number) => void,
+  count: (n: number) => void,
   onError: (e: unknown) => void
 ) => {
   const seen = new Set<string>()
@@ -127,7 +133,7 @@ const recordMember = (
     if (fresh.length > 0) await def.handle(fresh)
     for (const r of fresh) seen.add(r.id)
     while (seen.size > 10_000) seen.delete(seen.values().next().value!)
-    count(def.name, fresh.length)
+    count(fresh.length)
   }
   return makeConsumer<{ readonly id: string }>({
     redis,

@@ -9,6 +9,7 @@ import { hostname } from "node:os"
 import { decodeEnvelope, type Envelope } from "../schemas/envelope.ts"
 import type { EventRegistry } from "../schemas/registry.ts"
 import type { Verdict, Verifier } from "./signing.ts"
+import { asRecord } from "./trim.ts"
 
 /**
  * An entry as a handler sees it: for domain streams the envelope with data upcast to the
@@ -242,10 +243,8 @@ export const makeConsumer = <T = Envelope>(opts: ConsumerOptions<T>): Consumer =
   /** Members of replicas that are gone: their pending entries were claimed above, so they hold nothing. */
   const removeDeadConsumers = async () => {
     for (const stream of opts.streams) {
-      const members = (await opts.redis.xinfo("CONSUMERS", stream, opts.group)) as Array<Array<unknown>>
-      for (const raw of members) {
-        const m: Record<string, unknown> = {}
-        for (let i = 0; i + 1 < raw.length; i += 2) m[String(raw[i])] = raw[i + 1]
+      const members = ((await opts.redis.xinfo("CONSUMERS", stream, opts.group)) as Array<Array<unknown>>).map(asRecord)
+      for (const m of members) {
         if (m.name !== name && Number(m.pending) === 0 && Number(m.idle) > deadConsumerMs) {
           await opts.redis.xgroup("DELCONSUMER", stream, opts.group, String(m.name))
         }

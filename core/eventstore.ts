@@ -188,15 +188,19 @@ export const nextTransaction = async (db: Kysely<Tables> | Transaction<Tables>):
   BigInt((await sql<{ x: string }>`select pg_current_xact_id()::text as x`.execute(db)).rows[0]!.x)
 
 /**
- * Waits until every event writer that had begun by `target` has ended, so that a catch-up
- * that found nothing more to read has really seen everything committed before it started.
+ * For a catch-up that found nothing more to read: true when every event writer that had
+ * begun by `target` has ended (it has really seen everything committed before it started);
+ * otherwise waits until they have and answers false: read again, they may have written.
  */
-export const awaitWriters = async (db: Kysely<Tables>, target: bigint, timeoutMs = 60_000): Promise<void> => {
+export const writersEnded = async (db: Kysely<Tables>, target: bigint, timeoutMs = 60_000): Promise<boolean> => {
   const deadline = Date.now() + timeoutMs
+  let waited = false
   while (BigInt(await logHorizon(db)) < target) {
     if (Date.now() > deadline) throw new Error(`event writers older than transaction ${target} still running after ${timeoutMs} ms`)
+    waited = true
     await new Promise((r) => setTimeout(r, 10))
   }
+  return !waited
 }
 
 export const cursorOf = (r: EventRow): LogCursor => ({ transactionId: r.transaction_id, position: r.position })

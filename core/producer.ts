@@ -70,7 +70,7 @@ export const makeProducer = (def: ProducerDefinition, deps: {
         streams,
         signer: deps.signer,
         keyRetentionHours: deps.keyRetentionHours
-      }).pipe(Effect.withSpan(`${def.name}.execute`, { attributes: { aggregate: command.aggregate.type } }))
+      })
   }
 }
 

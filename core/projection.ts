@@ -11,7 +11,7 @@ import { type Kysely, sql, type Transaction } from "kysely"
 import type { Envelope } from "../schemas/envelope.ts"
 import type { EventRegistry } from "../schemas/registry.ts"
 import type { Tables } from "./db/tables.ts"
-import { awaitWriters, cursorOf, type EventRow, LOG_START, type LogCursor, loadAggregateEvents, loggedFieldsOf, logHorizon, nextTransaction, readLog, toEnvelope } from "./eventstore.ts"
+import { cursorOf, type EventRow, LOG_START, type LogCursor, loadAggregateEvents, loggedFieldsOf, logHorizon, nextTransaction, readLog, toEnvelope, writersEnded } from "./eventstore.ts"
 import { type Verdict, type Verifier, verifyLogged } from "./signing.ts"
 
 export interface Projection<Tx> {
@@ -183,8 +183,9 @@ export const refreshPostgres = (
     const rows = await loadAggregateEvents(trx, aggregate)
     if (rows.length === 0) return 0
     const before = (await lockCheckpoints(trx, projection.name, [rowItem(registry, rows[0]!)])).get(keyOf(aggregate.type, aggregate.id)) ?? 0
-    await applyBatch(trx, registry, projection, rows.filter((r) => r.sequence > before).map((r) => rowItem(registry, r)))
-    return rows.filter((r) => r.sequence > before).length
+    const unseen = rows.filter((r) => r.sequence > before)
+    await applyBatch(trx, registry, projection, unseen.map((r) => rowItem(registry, r)))
+    return unseen.length
   })
 
 /** A log row whose MAC does not match: altered after it was written, or by someone without the key. */
@@ -233,8 +234,7 @@ export const catchUpPostgres = async (
   for (;;) {
     const rows = await readLog(db, cursor, opts.batchSize ?? 2000)
     if (rows.length === 0) {
-      if (BigInt(await logHorizon(db)) >= started) break
-      await awaitWriters(db, started)
+      if (await writersEnded(db, started)) break
       continue
     }
     verifyRows(opts.verifier, rows)
@@ -360,8 +360,7 @@ export class MemoryProjectionRunner<S> {
     for (;;) {
       const rows = await readLog(this.db, this.cursor, batchSize)
       if (rows.length === 0) {
-        if (BigInt(await logHorizon(this.db)) >= started) return n
-        await awaitWriters(this.db, started)
+        if (await writersEnded(this.db, started)) return n
         continue
       }
       verifyRows(verifier, rows)

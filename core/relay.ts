@@ -138,7 +138,11 @@ export const makeRelay = (opts: RelayOptions): Relay => {
     if (rows.length === 0) return 0
     if (opts.beforePublish) await opts.beforePublish(rows.map((r) => r.outbox_id))
     const byStream = new Map<string, Array<ClaimedRow>>()
-    for (const r of rows) byStream.set(r.stream, [...(byStream.get(r.stream) ?? []), r])
+    for (const r of rows) {
+      const group = byStream.get(r.stream)
+      if (group) group.push(r)
+      else byStream.set(r.stream, [r])
+    }
     const batches = [...byStream.entries()]
     const pipeline = opts.redis.pipeline()
     for (const [stream, streamRows] of batches) {

@@ -20,7 +20,8 @@ const nextId = (id: string) => {
   return `${ms}-${seq + 1n}`
 }
 
-const asRecord = (flat: Array<unknown>) => {
+/** A flat Redis reply ([field, value, …], as XINFO answers) as a record. */
+export const asRecord = (flat: Array<unknown>) => {
   const out: Record<string, unknown> = {}
   for (let i = 0; i + 1 < flat.length; i += 2) out[String(flat[i])] = flat[i + 1]
   return out
