@@ -1,8 +1,9 @@
 // The command handler: one transaction, optimistic concurrency with bounded retry, idempotency.
-import { Effect } from "effect"
+import { Cause, Effect } from "effect"
 import { sql } from "kysely"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { execute, MAX_ATTEMPTS } from "../../core/command.ts"
+import { execute, type Execution, MAX_ATTEMPTS } from "../../core/command.ts"
+import { makeDatabase, makeKysely } from "../../core/db/database.ts"
 import { readLog } from "../../core/eventstore.ts"
 import { LOG_START } from "../../core/eventstore.ts"
 import { makeHarness, type Harness, PRODUCER } from "../fixtures/harness.ts"
@@ -45,6 +46,40 @@ describe("when the inline projection fails inside the transaction", () => {
     }))
     expect(exit._tag).toBe("Failure")
     expect([await count("events"), await count("outbox")]).toEqual(before)
+  })
+})
+
+describe("when a command meets a bug or an unavailable database", () => {
+  const run = (over: Partial<Execution<any, any, any, any, null>>, database = h.db.database) =>
+    Effect.runPromiseExit(execute(database, registry, {
+      aggregate: account,
+      id: `defect-${Math.random()}`,
+      command: { _tag: "Open", owner: "x" },
+      meta: h.meta(),
+      producer: PRODUCER,
+      streams: () => [h.stream],
+      result: () => null,
+      ...over
+    }))
+  const failureTag = (exit: Awaited<ReturnType<typeof run>>) =>
+    exit._tag === "Failure" ? Cause.findErrorOption(exit.cause).pipe((o) => (o._tag === "Some" ? (o.value as { _tag?: string })._tag : "defect")) : "success"
+
+  it("a decider that dies is a defect (a 500), not a typed failure", async () => {
+    const dies = { ...account, decide: () => Effect.die(new Error("decider bug")) }
+    expect(failureTag(await run({ aggregate: dies }))).toBe("defect")
+  })
+
+  it("an SQL error in the statement is a defect, not DbError (a bug is not a 503)", async () => {
+    expect(failureTag(await run({ projectSql: () => [sql`insert into no_such_table values (1)`] }))).toBe("defect")
+  })
+
+  it("Postgres unreachable fails with DbError (a 503)", async () => {
+    const down = makeDatabase(makeKysely("postgres://caracal:caracal@127.0.0.1:1/none", 1))
+    try {
+      expect(failureTag(await run({}, down))).toBe("DbError")
+    } finally {
+      await down.db.destroy()
+    }
   })
 })
 
