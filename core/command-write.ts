@@ -16,7 +16,9 @@ export const writeStatement = <R>(
   projection: ReadonlyArray<RawBuilder<unknown>>,
   capacity: RawBuilder<unknown> | undefined,
   scope: string,
-  result: R
+  result: R,
+  /** For a group member (core/group-commit.ts): what it assigned comes back as one JSON value. */
+  asJson = false
 ) => {
   const m = x.meta
   const actor = JSON.stringify(m.actor)
@@ -44,8 +46,10 @@ export const writeStatement = <R>(
   ]
   const from = sql.raw(["e", ...(notify ? ["n"] : []), ...(capacity === undefined ? [] : ["g"])].join(", "))
   // only what the database assigned comes back; the rest of each row is already known here
-  return sql<{ id: string; position: string; transaction_id: string }>`with ${sql.join(parts)}
-    select e.id, e.position::text as position, e.transaction_id::text as transaction_id from ${from}`
+  const assigned = asJson
+    ? sql`coalesce(jsonb_agg(jsonb_build_object('id', e.id, 'position', e.position::text, 'transaction_id', e.transaction_id::text)), '[]'::jsonb)`
+    : sql`e.id, e.position::text as position, e.transaction_id::text as transaction_id`
+  return sql<{ id: string; position: string; transaction_id: string }>`with ${sql.join(parts)} select ${assigned} from ${from}`
 }
 
 const loggedFields = (e: PendingEvent, m: CommandMeta): LoggedFields => ({

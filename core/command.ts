@@ -13,6 +13,7 @@ import type { DatabaseShape } from "./db/database.ts"
 import { outboxSignal } from "./outbox-signal.ts"
 import type { SigningKey } from "./signing.ts"
 import { writeStatement } from "./command-write.ts"
+import { DEFAULT_GROUP_COMMIT, GroupCommit, inlineParameters } from "./group-commit.ts"
 import { DbError } from "./db/database.ts"
 import type { Tables } from "./db/tables.ts"
 import { type EventRow, isUniqueViolation, loadAggregateEvents, SequenceConflict } from "./eventstore.ts"
@@ -273,13 +274,26 @@ const plan = async <S, C, E extends DomainEvent, Err, R>(
   return { replayed: false, state: decision.state, pending, result: x.result(decision.state, pending), sequence: last + pending.length }
 }
 
+// one group writer per database handle when the caller brings none (tools, tests, benchmarks)
+const groups = new WeakMap<object, GroupCommit>()
+const groupFor = (database: DatabaseShape): GroupCommit => {
+  let g = groups.get(database)
+  if (g === undefined) groups.set(database, (g = new GroupCommit(database.db, DEFAULT_GROUP_COMMIT)))
+  return g
+}
+
 const runOnce = async <S, C, E extends DomainEvent, Err, R>(
   db: Kysely<Tables>,
   registry: EventRegistry,
   x: Execution<S, C, E, Err, R>,
-  cache: AggregateCache
+  cache: AggregateCache,
+  group: GroupCommit
 ): Promise<Outcome<R>> => {
   const scope = `${x.aggregate.type}:${x.meta.zoneId}`
+  // A command that needs no transaction of its own joins a group (core/group-commit.ts); one
+  // that reads facts under locks or projects in code keeps its own transaction, so that no
+  // group ever waits for its reads.
+  const grouped = group.options.maxSize > 1 && x.project === undefined && x.readFacts === undefined
   let lastPlan: Plan<S, R> | undefined
   const write = async (conn: Kysely<Tables> | Transaction<Tables>) => {
     const p = (lastPlan = await plan(conn, registry, x, scope, cache))
@@ -288,8 +302,10 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
     const capacity = x.capacity?.(p.state, p.pending, x.meta)
     try {
       const projection = x.projectSql ? x.projectSql(p.state, p.pending, x.meta) : []
-      const statement = writeStatement(x, p.pending, projection, capacity?.sql, scope, p.result)
-      const { rows } = await statement.execute(conn)
+      const statement = writeStatement(x, p.pending, projection, capacity?.sql, scope, p.result, grouped)
+      const rows = grouped
+        ? await group.write(inlineParameters(statement.compile(conn)), `${x.meta.zoneId}\u0000${x.aggregate.type}\u0000${x.id}`)
+        : (await statement.execute(conn)).rows
       const assigned = new Map(rows.map((r) => [r.id, r]))
       const stored = p.pending.map((e): EventRow => ({
         position: assigned.get(e.id)!.position,
@@ -353,13 +369,14 @@ export const isUnavailable = (e: unknown): boolean => {
 export const execute = <S, C, E extends DomainEvent, Err, R>(
   database: DatabaseShape,
   registry: EventRegistry,
-  x: Execution<S, C, E, Err, R>
+  x: Execution<S, C, E, Err, R>,
+  group: GroupCommit = groupFor(database)
 ): Effect.Effect<Outcome<R>, Err | IdempotencyKeyReused | DbError | ConcurrencyExhausted> =>
   Effect.gen(function*() {
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
       const exit = yield* Effect.exit(Effect.tryPromise({
         // "new" is a hint for the first try only: after a conflict the aggregate exists
-        try: () => runOnce(database.db, registry, attempt === 1 ? x : { ...x, isNew: false }, cacheFor(database)),
+        try: () => runOnce(database.db, registry, attempt === 1 ? x : { ...x, isNew: false }, cacheFor(database), group),
         catch: (e) => e
       }))
       if (Exit.isSuccess(exit)) return exit.value

@@ -1,0 +1,228 @@
+// Group commit: commands that arrive while a group is being written (or within a short
+// window when none is) are written together, in one call of caracal_write_group (see
+// core/migrations/0009_write_group.ts): one round trip and one commit for the group, each
+// member in its own subtransaction so that each caller gets its own outcome.
+//
+// A command is decided before it is queued (its reads happen on the pool, concurrently with
+// everything else), so a group never waits for a slow member: only finished write statements
+// are queued. Members are written in one global order (zone, aggregate), so that concurrent
+// groups take row locks in the same order; a member that still deadlocks fails alone and is
+// retried by execute like any conflict.
+import type { CompiledQuery, Kysely } from "kysely"
+import { sql } from "kysely"
+import pg from "pg"
+import type { Tables } from "./db/tables.ts"
+
+export interface GroupCommitOptions {
+  /** Members per group (WRITE_GROUP_MAX_SIZE); 1 turns grouping off: each command is its own statement. */
+  readonly maxSize: number
+  /** How long an idle writer waits for more members before it writes (WRITE_GROUP_WINDOW_US). */
+  readonly windowUs: number
+  /** Members that may wait for a group (WRITE_QUEUE_MAX); past it a command is refused at once. */
+  readonly queueMax: number
+  /** How long a member may wait for its group to be sent (WRITE_DEADLINE_MS); past it, refused. */
+  readonly deadlineMs: number
+}
+
+export const DEFAULT_GROUP_COMMIT: GroupCommitOptions = { maxSize: 64, windowUs: 200, queueMax: 10_000, deadlineMs: 5_000 }
+
+/**
+ * Groups written at once: one can commit (wait for its WAL flush) while the next executes,
+ * without several groups of one process contending for the same rows.
+ */
+const IN_FLIGHT = 2
+
+/** What one member's write statement assigned: each event's id, position and transaction. */
+export type Written = ReadonlyArray<{ readonly id: string; readonly position: string; readonly transaction_id: string }>
+
+/**
+ * A member's statement failed inside its subtransaction: shaped like pg's own error (code,
+ * constraint, message), so that the code that reads errors of an ungrouped write reads it alike.
+ */
+export class MemberFailed extends Error {
+  readonly code: string
+  readonly constraint: string | undefined
+  constructor(code: string, constraint: string | null, message: string | null) {
+    super(message ?? code)
+    this.code = code
+    this.constraint = constraint === null || constraint === "" ? undefined : constraint
+  }
+}
+
+/** Refused before it was written (queue full, or waited past the deadline): a 503, nothing written. */
+export class WriteOverloaded extends Error {}
+
+interface Member {
+  readonly statement: string
+  readonly order: string
+  readonly enqueued: number
+  readonly resolve: (w: Written) => void
+  readonly reject: (e: unknown) => void
+}
+
+/** Group sizes and write latencies since the last drain (reported by the Producer layer). */
+export interface GroupObservations {
+  readonly sizes: Array<number>
+  /** Seconds from a group's send to its answer. */
+  readonly latencies: Array<number>
+  refused: number
+}
+
+export class GroupCommit {
+  readonly options: GroupCommitOptions
+  private readonly db: Kysely<Tables>
+  private queue: Array<Member> = []
+  private running = 0
+  private waiting = false
+  private sweeping: ReturnType<typeof setTimeout> | undefined
+  private observations: GroupObservations = { sizes: [], latencies: [], refused: 0 }
+
+  constructor(db: Kysely<Tables>, options: GroupCommitOptions = DEFAULT_GROUP_COMMIT) {
+    this.db = db
+    this.options = options
+  }
+
+  /** Queues one member's write statement; answers what it wrote, or its own error. */
+  write(statement: string, order: string): Promise<Written> {
+    if (this.queue.length >= this.options.queueMax) {
+      this.observations.refused++
+      return Promise.reject(new WriteOverloaded(`write queue full (${this.options.queueMax} waiting)`))
+    }
+    return new Promise<Written>((resolve, reject) => {
+      this.queue.push({ statement, order, enqueued: performance.now(), resolve, reject })
+      this.schedule()
+      this.sweepLater()
+    })
+  }
+
+  drain(): GroupObservations {
+    const o = this.observations
+    this.observations = { sizes: [], latencies: [], refused: 0 }
+    return o
+  }
+
+  /**
+   * An idle writer waits up to the window for more members (one event-loop turn at a time, so
+   * arrivals get in); a full group, or members that queued behind a running group, go at once.
+   */
+  private schedule() {
+    if (this.waiting || this.running >= IN_FLIGHT || this.queue.length === 0) return
+    if (this.queue.length >= this.options.maxSize || this.running > 0) return this.send()
+    this.waiting = true
+    const until = performance.now() + this.options.windowUs / 1000
+    const tick = () => {
+      if (this.queue.length >= this.options.maxSize || performance.now() >= until) {
+        this.waiting = false
+        if (this.running < IN_FLIGHT) this.send()
+      } else setImmediate(tick)
+    }
+    setImmediate(tick)
+  }
+
+  private send() {
+    const now = performance.now()
+    const group = this.takeGroup(now)
+    if (group.length === 0) return
+    this.running++
+    this.observations.sizes.push(group.length)
+    group.sort((a, b) => (a.order < b.order ? -1 : a.order > b.order ? 1 : 0))
+    void this.writeGroup(group).finally(() => {
+      this.observations.latencies.push((performance.now() - now) / 1000)
+      this.running--
+      this.schedule()
+    })
+  }
+
+  private takeGroup(now: number): Array<Member> {
+    const group: Array<Member> = []
+    while (group.length < this.options.maxSize && this.queue.length > 0) {
+      const taken = this.queue.splice(0, this.options.maxSize - group.length)
+      for (const m of taken) {
+        if (now - m.enqueued > this.options.deadlineMs) this.overdue(m)
+        else group.push(m)
+      }
+    }
+    return group
+  }
+
+  private overdue(m: Member) {
+    this.observations.refused++
+    m.reject(new WriteOverloaded(`waited over ${this.options.deadlineMs} ms for a write`))
+  }
+
+  private async writeGroup(group: ReadonlyArray<Member>) {
+    try {
+      const { rows } = await sql<{ member: number; written: Written | null; error_code: string | null; error_constraint: string | null; error_message: string | null }>`
+        select member, written, error_code, error_constraint, error_message
+        from caracal_write_group(${group.map((m) => m.statement)}::text[])`.execute(this.db)
+      for (const r of rows) {
+        const m = group[r.member - 1]!
+        if (r.error_code === null) m.resolve(r.written ?? [])
+        else m.reject(new MemberFailed(r.error_code, r.error_constraint, r.error_message))
+      }
+    } catch (e) {
+      // the call failed as a whole (connection lost, server down): nothing of it is acknowledged
+      for (const m of group) m.reject(e)
+    }
+  }
+
+  /** Members stuck behind groups that do not come back (a stalled server) still get their 503 in time. */
+  private sweepLater() {
+    if (this.sweeping !== undefined) return
+    this.sweeping = setTimeout(() => {
+      this.sweeping = undefined
+      const now = performance.now()
+      const keep: Array<Member> = []
+      for (const m of this.queue) {
+        if (now - m.enqueued > this.options.deadlineMs) this.overdue(m)
+        else keep.push(m)
+      }
+      this.queue = keep
+      if (keep.length > 0) this.sweepLater()
+    }, Math.max(10, this.options.deadlineMs / 4))
+    this.sweeping.unref()
+  }
+}
+
+// pg's own conversion of a parameter to its text form (dates, arrays, JSON), as it would send it
+const { prepareValue } = (pg as unknown as { utils: { prepareValue: (v: unknown) => unknown } }).utils
+
+const literal = (value: unknown): string => {
+  const text = prepareValue(value)
+  if (text === null) return "null"
+  if (Buffer.isBuffer(text)) return `'\\x${text.toString("hex")}'::bytea`
+  return pg.escapeLiteral(String(text))
+}
+
+/**
+ * A compiled statement with its parameters written in as quoted literals: a group's members
+ * travel as text, run by EXECUTE. A quoted literal is typed by its context exactly like a
+ * parameter of unknown type, so the statement means the same. Placeholders inside quoted
+ * strings or identifiers are left alone.
+ */
+export const inlineParameters = (query: Pick<CompiledQuery, "sql" | "parameters">): string => {
+  const text = query.sql
+  let out = ""
+  let i = 0
+  while (i < text.length) {
+    const c = text[i]!
+    if (c === "'" || c === "\"") {
+      // copy a quoted string or identifier whole (a doubled quote stays inside it)
+      let j = i + 1
+      while (j < text.length && !(text[j] === c && text[j + 1] !== c)) j += text[j] === c ? 2 : 1
+      out += text.slice(i, j + 1)
+      i = j + 1
+    } else if (c === "$" && /[0-9]/.test(text[i + 1] ?? "")) {
+      let j = i + 1
+      while (j < text.length && /[0-9]/.test(text[j]!)) j++
+      const n = Number(text.slice(i + 1, j))
+      if (n < 1 || n > query.parameters.length) throw new Error(`placeholder $${n} has no parameter`)
+      out += literal(query.parameters[n - 1])
+      i = j
+    } else {
+      out += c
+      i++
+    }
+  }
+  return out
+}
