@@ -8,7 +8,7 @@ import { randomUUID } from "node:crypto"
 import { execute } from "../core/command.ts"
 import { outboxSignal } from "../core/outbox-signal.ts"
 import { freshDatabase } from "../core/testing/index.ts"
-import { account, ledgerTable, registry, upsertBalance } from "../test/fixtures/ledger.ts"
+import { account, ledgerTable, registry, balanceRows } from "../test/fixtures/ledger.ts"
 import { report, throughput } from "./lib.ts"
 
 const N = Number(process.env.BENCH_N ?? 4000)
@@ -30,7 +30,7 @@ const command = (i: number, run: string) =>
     meta: { zoneId: "z1", actor: { kind: "bench", id: "b" }, now: new Date(), correlationId: randomUUID() },
     producer: "bench",
     streams: () => [stream],
-    projectSql: (state) => upsertBalance("balances", `${run}-${i % ACCOUNTS}`, state),
+    projectRows: (state, pending) => balanceRows("balances", `${run}-${i % ACCOUNTS}`, state, pending),
     result: () => null
   }))
 

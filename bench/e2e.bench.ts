@@ -13,7 +13,7 @@ import { makeRelay } from "../core/relay.ts"
 import { signingKey, Verifier } from "../core/signing.ts"
 import { freshDatabase, stackEnv } from "../core/testing/index.ts"
 import { makeKeys } from "../core/redis/keys.ts"
-import { account, balancesProjection, ledgerTable, registry, upsertBalance } from "../test/fixtures/ledger.ts"
+import { account, balancesProjection, ledgerTable, registry, balanceRows } from "../test/fixtures/ledger.ts"
 import { percentile, report, throughput } from "./lib.ts"
 
 const db = await freshDatabase("bench_e2e")
@@ -67,7 +67,7 @@ const command = (id: string, c: Parameters<typeof account.decide>[0], isNew = fa
   return Effect.runPromise(execute(db.database, registry, {
     aggregate: account, id, command: c, isNew, signer: key,
     meta: { zoneId: "z1", actor: { kind: "bench", id: "b" }, now: new Date(), correlationId: randomUUID() },
-    producer: "e2e", streams: () => [stream], projectSql: (s) => upsertBalance("balances", id, s), result: () => null
+    producer: "e2e", streams: () => [stream], projectRows: (s, pending) => balanceRows("balances", id, s, pending), result: () => null
   })).then((o) => { for (const e of o.events) started.set(e.id, t) })
 }
 const waitApplied = async (n: number, timeoutMs: number) => {

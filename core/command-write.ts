@@ -2,6 +2,7 @@
 // capacity, the idempotency key and the relay's wake-up, all in one SQL statement.
 import { type RawBuilder, sql } from "kysely"
 import type { CommandMeta, Execution, PendingEvent } from "./command.ts"
+import type { MemberWrite } from "./group-commit.ts"
 import { OUTBOX_CHANNEL, outboxSignal } from "./outbox-signal.ts"
 import { type LoggedFields, logMac } from "./signing.ts"
 
@@ -16,9 +17,7 @@ export const writeStatement = <R>(
   projection: ReadonlyArray<RawBuilder<unknown>>,
   capacity: RawBuilder<unknown> | undefined,
   scope: string,
-  result: R,
-  /** For a group member (core/group-commit.ts): what it assigned comes back as one JSON value. */
-  asJson = false
+  result: R
 ) => {
   const m = x.meta
   const actor = JSON.stringify(m.actor)
@@ -46,10 +45,47 @@ export const writeStatement = <R>(
   ]
   const from = sql.raw(["e", ...(notify ? ["n"] : []), ...(capacity === undefined ? [] : ["g"])].join(", "))
   // only what the database assigned comes back; the rest of each row is already known here
-  const assigned = asJson
-    ? sql`coalesce(jsonb_agg(jsonb_build_object('id', e.id, 'position', e.position::text, 'transaction_id', e.transaction_id::text)), '[]'::jsonb)`
-    : sql`e.id, e.position::text as position, e.transaction_id::text as transaction_id`
-  return sql<{ id: string; position: string; transaction_id: string }>`with ${sql.join(parts)} select ${assigned} from ${from}`
+  return sql<{ id: string; position: string; transaction_id: string }>`with ${sql.join(parts)}
+    select e.id, e.position::text as position, e.transaction_id::text as transaction_id from ${from}`
+}
+
+/** The same write as a group member (core/group-commit.ts): rows as JSON, the capacity as SQL text. */
+export const memberWrite = <R>(
+  x: Execution<any, any, any, any, R>,
+  pending: ReadonlyArray<PendingEvent>,
+  capacity: string | null,
+  scope: string,
+  result: R
+): MemberWrite => {
+  const m = x.meta
+  return {
+    producer: x.producer,
+    events: pending.map((e) => ({
+      id: e.id,
+      zone_id: m.zoneId,
+      aggregate_type: e.aggregateType,
+      aggregate_id: e.aggregateId,
+      sequence: e.sequence,
+      type: e.type,
+      schema_version: e.schemaVersion,
+      occurred_at: m.now.toISOString(),
+      actor: m.actor,
+      correlation_id: m.correlationId,
+      causation_id: m.causationId ?? null,
+      data: e.data,
+      mac: x.signer ? logMac(x.signer, loggedFields(e, m)) : null,
+      mac_key_id: x.signer?.id ?? null
+    })),
+    routes: pending.flatMap((e) => x.streams(e).map((stream) => ({ event_id: e.id, stream }))),
+    notify: outboxSignal.leadsHere(x.producer) ? null : OUTBOX_CHANNEL,
+    key: m.idempotencyKey === undefined ? null : {
+      scope,
+      idempotency_key: m.idempotencyKey,
+      result,
+      fingerprint: m.idempotencyFingerprint ?? null
+    },
+    capacity
+  }
 }
 
 const loggedFields = (e: PendingEvent, m: CommandMeta): LoggedFields => ({

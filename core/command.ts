@@ -12,9 +12,10 @@ import { type AggregateCache, cacheFor } from "./aggregate-cache.ts"
 import type { DatabaseShape } from "./db/database.ts"
 import { outboxSignal } from "./outbox-signal.ts"
 import type { SigningKey } from "./signing.ts"
-import { writeStatement } from "./command-write.ts"
+import { memberWrite, writeStatement } from "./command-write.ts"
 import { DEFAULT_GROUP_COMMIT, GroupCommit, inlineParameters } from "./group-commit.ts"
-import { DbError } from "./db/database.ts"
+import { changeSql, foldChanges, type RowChange } from "./row-changes.ts"
+import { DbError, isUnavailable } from "./db/database.ts"
 import type { Tables } from "./db/tables.ts"
 import { type EventRow, isUniqueViolation, loadAggregateEvents, SequenceConflict } from "./eventstore.ts"
 
@@ -81,10 +82,10 @@ export interface Execution<S, C, E extends DomainEvent, Err, R> {
   /** Streams an event is published to (usually one: its aggregate type's). */
   readonly streams: (event: PendingEvent) => ReadonlyArray<string>
   /**
-   * The inline projection as SQL statements (INSERT/UPDATE/DELETE) that run inside the
-   * single statement that appends the events: the whole command is one round trip.
+   * The inline projection as row changes (core/row-changes.ts), written with the events: in
+   * the command's own statement, or with its group's rows in one statement.
    */
-  readonly projectSql?: (state: S, events: ReadonlyArray<PendingEvent>, meta: CommandMeta) => ReadonlyArray<RawBuilder<unknown>>
+  readonly projectRows?: (state: S, events: ReadonlyArray<PendingEvent>, meta: CommandMeta) => ReadonlyArray<RowChange>
   /**
    * Capacity the command takes or gives back inside its write statement: a place under a
    * limit reserved with an atomic counter update, or returned when the thing that held it
@@ -301,10 +302,15 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
     if (p.pending.length === 0) return { result: p.result, events: [], replayed: false }
     const capacity = x.capacity?.(p.state, p.pending, x.meta)
     try {
-      const projection = x.projectSql ? x.projectSql(p.state, p.pending, x.meta) : []
-      const statement = writeStatement(x, p.pending, projection, capacity?.sql, scope, p.result, grouped)
+      const changes = foldChanges(x.projectRows ? x.projectRows(p.state, p.pending, x.meta) : [])
+      const statement = writeStatement(x, p.pending, changes.map(changeSql), capacity?.sql, scope, p.result)
       const rows = grouped
-        ? await group.write(inlineParameters(statement.compile(conn)), `${x.meta.zoneId}\u0000${x.aggregate.type}\u0000${x.id}`)
+        ? await group.write({
+          order: `${x.meta.zoneId}\u0000${x.aggregate.type}\u0000${x.id}`,
+          write: memberWrite(x, p.pending, capacity ? inlineParameters(capacity.sql.compile(conn)) : null, scope, p.result),
+          changes,
+          alone: async () => (await statement.execute(conn)).rows
+        })
         : (await statement.execute(conn)).rows
       const assigned = new Map(rows.map((r) => [r.id, r]))
       const stored = p.pending.map((e): EventRow => ({
@@ -348,16 +354,6 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
     outboxSignal.committed(x.producer)
   }
   return outcome
-}
-
-/**
- * Postgres could not be used (down, restarting, overloaded, cancelled): a 503 with a retry.
- * Any other SQL error is the statement's fault, a bug: a defect, a 500.
- */
-export const isUnavailable = (e: unknown): boolean => {
-  const code = typeof e === "object" && e !== null ? (e as { code?: unknown }).code : undefined
-  if (typeof code !== "string" || !/^[0-9A-Z]{5}$/.test(code)) return true // a network error, not an SQL one
-  return /^(08|53|57|58)/.test(code) || code === "55P03" || code === "40001" || code === "40P01"
 }
 
 /**

@@ -1,17 +1,20 @@
 // Group commit: commands that arrive while a group is being written (or within a short
-// window when none is) are written together, in one call of caracal_write_group (see
-// core/migrations/0009_write_group.ts): one round trip and one commit for the group, each
-// member in its own subtransaction so that each caller gets its own outcome.
+// window when none is) are written together: one transaction, in which one call of
+// caracal_write_group (core/migrations/0009_write_group.ts) writes every member's events,
+// outbox rows and idempotency key set-based and takes each member's capacity, then one
+// statement writes the projection rows of the members that passed. Each member gets its own
+// outcome, exactly as alone: a refused or conflicting member leaves nothing behind.
 //
 // A command is decided before it is queued (its reads happen on the pool, concurrently with
-// everything else), so a group never waits for a slow member: only finished write statements
-// are queued. Members are written in one global order (zone, aggregate), so that concurrent
-// groups take row locks in the same order; a member that still deadlocks fails alone and is
-// retried by execute like any conflict.
-import type { CompiledQuery, Kysely } from "kysely"
-import { sql } from "kysely"
+// everything else), so a group never waits for a slow member: only finished writes queue.
+// Members are written in one global order (zone, aggregate), so that concurrent groups take
+// row locks in the same order; a group that still deadlocks fails as a whole, and execute
+// retries each member like any conflict.
+import { type Kysely, sql } from "kysely"
 import pg from "pg"
+import { isUnavailable } from "./db/database.ts"
 import type { Tables } from "./db/tables.ts"
+import { changesSql, foldChanges, type RowChange } from "./row-changes.ts"
 
 export interface GroupCommitOptions {
   /** Members per group (WRITE_GROUP_MAX_SIZE); 1 turns grouping off: each command is its own statement. */
@@ -49,12 +52,41 @@ export class MemberFailed extends Error {
   }
 }
 
+interface GroupRow {
+  readonly member: number
+  readonly written: Written | null
+  readonly error_code: string | null
+  readonly error_constraint: string | null
+  readonly error_message: string | null
+}
+
 /** Refused before it was written (queue full, or waited past the deadline): a 503, nothing written. */
 export class WriteOverloaded extends Error {}
 
-interface Member {
-  readonly statement: string
+/** One member as caracal_write_group reads it (JSON). */
+export interface MemberWrite {
+  readonly producer: string
+  /** Full event rows, MACs included. */
+  readonly events: ReadonlyArray<Readonly<Record<string, unknown>>>
+  readonly routes: ReadonlyArray<{ readonly event_id: string; readonly stream: string }>
+  /** The channel to NOTIFY with the producer's name, when its relay does not lead in this process. */
+  readonly notify: string | null
+  readonly key: { readonly scope: string; readonly idempotency_key: string; readonly result: unknown; readonly fingerprint: string | null } | null
+  /** An SQL expression with its values written in (see inlineParameters); raises to refuse. */
+  readonly capacity: string | null
+}
+
+export interface GroupMember {
+  /** The global write order: zone, aggregate type, aggregate id. */
   readonly order: string
+  readonly write: MemberWrite
+  /** Its projection rows, written after the call for the members that passed. */
+  readonly changes: ReadonlyArray<RowChange>
+  /** The member written on its own, one statement: a group of one, or a group that failed as a whole. */
+  readonly alone: () => Promise<Written>
+}
+
+interface Queued extends GroupMember {
   readonly enqueued: number
   readonly resolve: (w: Written) => void
   readonly reject: (e: unknown) => void
@@ -71,7 +103,7 @@ export interface GroupObservations {
 export class GroupCommit {
   readonly options: GroupCommitOptions
   private readonly db: Kysely<Tables>
-  private queue: Array<Member> = []
+  private queue: Array<Queued> = []
   private running = 0
   private waiting = false
   private sweeping: ReturnType<typeof setTimeout> | undefined
@@ -82,14 +114,14 @@ export class GroupCommit {
     this.options = options
   }
 
-  /** Queues one member's write statement; answers what it wrote, or its own error. */
-  write(statement: string, order: string): Promise<Written> {
+  /** Queues one member; answers what it wrote, or its own error. */
+  write(member: GroupMember): Promise<Written> {
     if (this.queue.length >= this.options.queueMax) {
       this.observations.refused++
       return Promise.reject(new WriteOverloaded(`write queue full (${this.options.queueMax} waiting)`))
     }
     return new Promise<Written>((resolve, reject) => {
-      this.queue.push({ statement, order, enqueued: performance.now(), resolve, reject })
+      this.queue.push({ ...member, enqueued: performance.now(), resolve, reject })
       this.schedule()
       this.sweepLater()
     })
@@ -133,8 +165,8 @@ export class GroupCommit {
     })
   }
 
-  private takeGroup(now: number): Array<Member> {
-    const group: Array<Member> = []
+  private takeGroup(now: number): Array<Queued> {
+    const group: Array<Queued> = []
     while (group.length < this.options.maxSize && this.queue.length > 0) {
       const taken = this.queue.splice(0, this.options.maxSize - group.length)
       for (const m of taken) {
@@ -145,24 +177,53 @@ export class GroupCommit {
     return group
   }
 
-  private overdue(m: Member) {
+  private overdue(m: Queued) {
     this.observations.refused++
     m.reject(new WriteOverloaded(`waited over ${this.options.deadlineMs} ms for a write`))
   }
 
-  private async writeGroup(group: ReadonlyArray<Member>) {
+  private readonly columnTypes = new Map<string, ReadonlyMap<string, string>>()
+
+  /** Column types of the projection tables, read once per table (they change only with a migration and a restart). */
+  private async learnTypes(trx: Kysely<Tables>, changes: ReadonlyArray<RowChange>) {
+    const unknown = [...new Set(changes.filter((c) => c.op === "update").map((c) => c.table))].filter((t) => !this.columnTypes.has(t))
+    for (const table of unknown) {
+      const { rows } = await sql<{ name: string; type: string }>`
+        select attname as name, format_type(atttypid, atttypmod) as type from pg_attribute
+        where attrelid = ${table}::regclass and attnum > 0 and not attisdropped`.execute(trx)
+      this.columnTypes.set(table, new Map(rows.map((r) => [r.name, r.type])))
+    }
+  }
+
+  private async writeGroup(group: ReadonlyArray<Queued>) {
+    if (group.length === 1) return group[0]!.alone().then(group[0]!.resolve, group[0]!.reject)
+    let rows: ReadonlyArray<GroupRow>
     try {
-      const { rows } = await sql<{ member: number; written: Written | null; error_code: string | null; error_constraint: string | null; error_message: string | null }>`
-        select member, written, error_code, error_constraint, error_message
-        from caracal_write_group(${group.map((m) => m.statement)}::text[])`.execute(this.db)
-      for (const r of rows) {
-        const m = group[r.member - 1]!
-        if (r.error_code === null) m.resolve(r.written ?? [])
-        else m.reject(new MemberFailed(r.error_code, r.error_constraint, r.error_message))
-      }
+      rows = await this.db.transaction().execute(async (trx) => {
+        const { rows } = await sql<GroupRow>`
+          select member, written, error_code, error_constraint, error_message
+          from caracal_write_group(${JSON.stringify(group.map((m) => m.write))}::jsonb)`.execute(trx)
+        // the passing members' rows, folded in member order: two members of one row see each other's changes
+        const changes = foldChanges(rows.filter((r) => r.error_code === null).flatMap((r) => group[r.member - 1]!.changes))
+        if (changes.length > 0) {
+          await this.learnTypes(trx, changes)
+          const statements = changesSql(changes, (table) => this.columnTypes.get(table)!)
+          await sql`with ${sql.join(statements.map((s, i) => sql`${sql.raw(`p${i}`)} as (${s})`))} select 1`.execute(trx)
+        }
+        return rows
+      })
     } catch (e) {
-      // the call failed as a whole (connection lost, server down): nothing of it is acknowledged
-      for (const m of group) m.reject(e)
+      // Postgres unavailable, or a deadlock: nothing of it committed, each member gets the error
+      // (execute retries a deadlock). Anything else is one member's own fault (its projection
+      // rows broke a constraint, a bug): each member is written alone and gets its own outcome.
+      if (isUnavailable(e)) for (const m of group) m.reject(e)
+      else for (const m of group) m.alone().then(m.resolve, m.reject)
+      return
+    }
+    for (const r of rows) {
+      const m = group[r.member - 1]!
+      if (r.error_code === null) m.resolve(r.written ?? [])
+      else m.reject(new MemberFailed(r.error_code, r.error_constraint, r.error_message))
     }
   }
 
@@ -172,7 +233,7 @@ export class GroupCommit {
     this.sweeping = setTimeout(() => {
       this.sweeping = undefined
       const now = performance.now()
-      const keep: Array<Member> = []
+      const keep: Array<Queued> = []
       for (const m of this.queue) {
         if (now - m.enqueued > this.options.deadlineMs) this.overdue(m)
         else keep.push(m)
@@ -195,12 +256,12 @@ const literal = (value: unknown): string => {
 }
 
 /**
- * A compiled statement with its parameters written in as quoted literals: a group's members
- * travel as text, run by EXECUTE. A quoted literal is typed by its context exactly like a
+ * A compiled statement with its parameters written in as quoted literals: a member's capacity
+ * travels as text in the group's JSON, run by EXECUTE. A quoted literal is typed by its context exactly like a
  * parameter of unknown type, so the statement means the same. Placeholders inside quoted
  * strings or identifiers are left alone.
  */
-export const inlineParameters = (query: Pick<CompiledQuery, "sql" | "parameters">): string => {
+export const inlineParameters = (query: { readonly sql: string; readonly parameters: ReadonlyArray<unknown> }): string => {
   const text = query.sql
   let out = ""
   let i = 0

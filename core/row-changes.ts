@@ -42,3 +42,39 @@ export const changeSql = (c: RowChange): RawBuilder<unknown> => {
   return sql`update ${sql.table(c.table)} set ${sql.join(columns.map((k) => sql`${sql.ref(k)} = ${c.values[k]!}`))}
     where ${sql.ref(c.key[0])} = ${c.key[1]}`
 }
+
+/** A table's column types (`format_type`), so that a VALUES list can carry typed values. */
+export type ColumnTypes = (table: string) => ReadonlyMap<string, string>
+
+/**
+ * Many folded changes (of different rows) as few statements: one multi-row INSERT, or one
+ * UPDATE … FROM (VALUES …), per table, kind and column set. In an UPDATE's VALUES list a
+ * value is cast to its column's type, as an INSERT would coerce it.
+ */
+export const changesSql = (changes: ReadonlyArray<RowChange>, types: ColumnTypes): ReadonlyArray<RawBuilder<unknown>> => {
+  const sets = new Map<string, Array<RowChange>>()
+  for (const c of changes) {
+    const id = [c.table, c.op, c.key[0], ...Object.keys(c.values).sort()].join("\u0000")
+    const set = sets.get(id)
+    if (set === undefined) sets.set(id, [c])
+    else set.push(c)
+  }
+  return [...sets.values()].map((set) => {
+    const { table, op, key } = set[0]!
+    const columns = Object.keys(set[0]!.values).sort()
+    if (op === "insert") {
+      return sql`insert into ${sql.table(table)} (${sql.join([sql.ref(key[0]), ...columns.map((k) => sql.ref(k))])})
+        values ${sql.join(set.map((c) => sql`(${sql.join([sql`${c.key[1]}`, ...columns.map((k) => c.values[k]!)])})`))}`
+    }
+    const typeOf = types(table)
+    const typed = (column: string, value: RawBuilder<unknown>) => {
+      const type = typeOf.get(column)
+      if (type === undefined) throw new Error(`no column ${column} in ${table}`)
+      return sql`(${value})::${sql.raw(type)}`
+    }
+    const rows = set.map((c) => sql`(${sql.join([typed(key[0], sql`${c.key[1]}`), ...columns.map((k) => typed(k, c.values[k]!))])})`)
+    return sql`update ${sql.table(table)} set ${sql.join(columns.map((k) => sql`${sql.ref(k)} = v.${sql.ref(k)}`))}
+      from (values ${sql.join(rows)}) as v (${sql.join([sql.ref(key[0]), ...columns.map((k) => sql.ref(k))])})
+      where ${sql.table(table)}.${sql.ref(key[0])} = v.${sql.ref(key[0])}`
+  })
+}

@@ -21,6 +21,16 @@ export const makeKysely = (url: string, max = POOL_MAX) => {
   return new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) })
 }
 
+/**
+ * Postgres could not be used (down, restarting, overloaded, cancelled): a 503 with a retry.
+ * Any other SQL error is the statement's fault, a bug: a defect, a 500.
+ */
+export const isUnavailable = (e: unknown): boolean => {
+  const code = typeof e === "object" && e !== null ? (e as { code?: unknown }).code : undefined
+  if (typeof code !== "string" || !/^[0-9A-Z]{5}$/.test(code)) return true // a network error, not an SQL one
+  return /^(08|53|57|58)/.test(code) || code === "55P03" || code === "40001" || code === "40P01"
+}
+
 export interface DatabaseShape {
   readonly db: Kysely<Tables>
   /** Run a Kysely promise as an Effect; failures become DbError. */

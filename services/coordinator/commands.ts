@@ -14,7 +14,6 @@ import { events } from "./events.ts"
 import { type Constraints, delegation, type EndpointFacts, type InboundFacts } from "./domain/delegation.ts"
 import { type AgentKind, type Limits, limitRejection, type ParentFacts, session, type SessionCommand, type SessionState } from "./domain/session.ts"
 import { changesFor } from "./projection.ts"
-import { changeSql, foldChanges } from "../../core/row-changes.ts"
 
 export const PRODUCER = "coordinator"
 
@@ -43,14 +42,11 @@ export const streamsFor = (keys: Keys) => (e: PendingEvent) =>
 /** The coordinator's producer: its events, and where they go. */
 export const coordinatorProducer: ProducerDefinition = { name: PRODUCER, registry: events, streams: streamsFor }
 
-/**
- * The tables' changes ride in the statement that appends the events (see projection.ts),
- * folded so that each row is written once however many events the command emitted.
- */
+/** The tables' changes, written with the events (see projection.ts; execute folds them per row). */
 export const projectInline = (_state: unknown, pending: ReadonlyArray<PendingEvent>, meta: CommandMeta) =>
-  foldChanges(pending.flatMap((e) =>
+  pending.flatMap((e) =>
     changesFor({ type: e.type, zoneId: meta.zoneId, aggregateId: e.aggregateId, occurredAt: meta.now.toISOString(), data: e.data })
-  )).map(changeSql)
+  )
 
 const metaOf = (c: Caller): CommandMeta => ({
   zoneId: c.zoneId,
@@ -100,7 +96,7 @@ export interface SpawnRequest {
 
 export const makeCommands = (deps: CoordinatorDeps) => {
   const { database, execute } = deps.producer
-  const common = { projectSql: projectInline }
+  const common = { projectRows: projectInline }
 
   /**
    * A root spawn is one statement: the event, the tables, the outbox and the reservation of

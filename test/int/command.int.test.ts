@@ -70,7 +70,7 @@ describe("when a command meets a bug or an unavailable database", () => {
   })
 
   it("an SQL error in the statement is a defect, not DbError (a bug is not a 503)", async () => {
-    expect(failureTag(await run({ projectSql: () => [sql`insert into no_such_table values (1)`] }))).toBe("defect")
+    expect(failureTag(await run({ projectRows: () => [{ table: "no_such_table", key: ["id", "1"], op: "insert", values: {} }] }))).toBe("defect")
   })
 
   it("Postgres unreachable fails with DbError (a 503)", async () => {

@@ -134,7 +134,7 @@ describe("when one decision emits several events for one row (spawn, then suspen
       meta: { zoneId: zone, actor: { kind: "test", id: "t" }, now, correlationId: "c" },
       producer: "coordinator",
       streams: () => [],
-      projectSql: projectInline,
+      projectRows: projectInline,
       result: () => ({ id })
     }))
     const live = await snapshot(zone)
