@@ -198,11 +198,13 @@ export class GroupCommit {
   private async writeGroup(group: ReadonlyArray<Queued>) {
     if (group.length === 1) return group[0]!.alone().then(group[0]!.resolve, group[0]!.reject)
     let rows: ReadonlyArray<GroupRow>
+    // every table a member may write a row to, locked up front as a single statement would at parse
+    const tables = [...new Set(group.flatMap((m) => m.changes.map((c) => c.table)))].sort()
     try {
       rows = await this.db.transaction().execute(async (trx) => {
         const { rows } = await sql<GroupRow>`
           select member, written, error_code, error_constraint, error_message
-          from caracal_write_group(${JSON.stringify(group.map((m) => m.write))}::jsonb)`.execute(trx)
+          from caracal_write_group(${JSON.stringify(group.map((m) => m.write))}::jsonb, ${tables}::text[])`.execute(trx)
         // the passing members' rows, folded in member order: two members of one row see each other's changes
         const changes = foldChanges(rows.filter((r) => r.error_code === null).flatMap((r) => group[r.member - 1]!.changes))
         if (changes.length > 0) {

@@ -276,10 +276,28 @@ export const rebuildPostgres = async (
   registry: EventRegistry,
   projection: PgProjection,
   opts: CatchUpOptions = {}
+): Promise<CatchUpProgress> => {
+  // Writers lock tables in name order (core/group-commit.ts) and so does this; a writer whose
+  // function touches a table it did not lock first may still deadlock with it: then again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await rebuildOnce(db, registry, projection, opts)
+    } catch (e) {
+      if (attempt >= 5 || (e as { code?: string }).code !== "40P01") throw e
+    }
+  }
+}
+
+const rebuildOnce = (
+  db: Kysely<Tables>,
+  registry: EventRegistry,
+  projection: PgProjection,
+  opts: CatchUpOptions
 ): Promise<CatchUpProgress> =>
   db.transaction().execute(async (trx) => {
     if (projection.tables !== undefined && projection.tables.length > 0) {
-      await sql`lock table ${sql.join(projection.tables.map((t) => sql.table(t)))} in share row exclusive mode`.execute(trx)
+      const tables = [...projection.tables].sort()
+      await sql`lock table ${sql.join(tables.map((t) => sql.table(t)))} in share row exclusive mode`.execute(trx)
     }
     await projection.reset(trx)
     await sql`delete from projection_checkpoints where projection = ${projection.name}`.execute(trx)

@@ -15,11 +15,13 @@
 //
 // The events lock is taken first: log readers treat a transaction as an event writer while it
 // holds that lock (core/eventstore.ts, HORIZON), from before it is given a transaction id.
+// Then the tables the members' projection rows go to, in name order: a rebuild locks its
+// tables in name order too (core/projection.ts), so the two never deadlock.
 import { type Kysely, sql } from "kysely"
 
 export async function up(db: Kysely<any>): Promise<void> {
   await sql`
-    create function caracal_write_group(members jsonb)
+    create function caracal_write_group(members jsonb, tables text[])
     returns table (member int, written jsonb, error_code text, error_constraint text, error_message text)
     language plpgsql as $body$
     declare
@@ -32,6 +34,9 @@ export async function up(db: Kysely<any>): Promise<void> {
       msg text;
     begin
       lock table events in row exclusive mode;
+      if coalesce(array_length(tables, 1), 0) > 0 then
+        execute 'lock table ' || (select string_agg(quote_ident(t), ', ' order by t) from unnest(tables) as t) || ' in row exclusive mode';
+      end if;
 
       -- 1. idempotency keys
       with k as (
@@ -125,5 +130,5 @@ export async function up(db: Kysely<any>): Promise<void> {
 }
 
 export async function down(db: Kysely<any>): Promise<void> {
-  await sql`drop function caracal_write_group(jsonb)`.execute(db)
+  await sql`drop function caracal_write_group(jsonb, text[])`.execute(db)
 }
