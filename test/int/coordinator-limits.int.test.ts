@@ -60,3 +60,45 @@ describe("when 50 sessions of several applications are spawned at once in one zo
     expect(await spawned(sql`zone_id = 'z1'`)).toBe(30)
   })
 })
+
+describe("with group commit on (the default)", () => {
+  it("spawns and suspends of ten sessions at once through two replicas leave each session suspended, its log spawn then suspend", async () => {
+    const token = await h.token("pairs", { zone: "z2" })
+    const ids = await Promise.all(Array.from({ length: 10 }, async (_, i) => {
+      const base = h.replicas[i % 2]!.url
+      const spawn = await h.call("POST", "/zones/z2/agents", { token, body: { application_id: "pairs" }, base })
+      expect(spawn.status).toBe(201)
+      const suspend = await h.call("POST", `/zones/z2/agents/${spawn.body.id}/suspend`, { token, base: h.replicas[(i + 1) % 2]!.url })
+      expect(suspend.status).toBe(200)
+      return spawn.body.id as string
+    }))
+    for (const id of ids) {
+      expect((await h.call("GET", `/zones/z2/agents/${id}`, { token })).body).toMatchObject({ status: "suspended" })
+    }
+    const db = makeKysely(h.dbUrl, 2)
+    try {
+      const logs = await sql<{ types: Array<string> }>`select array_agg(type order by sequence) as types from events
+        where aggregate_id in (${sql.join(ids)}) group by aggregate_id`.execute(db)
+      expect(logs.rows.map((r) => r.types)).toEqual(ids.map(() => ["AgentSpawned", "AgentSuspended"]))
+    } finally {
+      await db.destroy()
+    }
+  })
+
+  it("the bursts above were written in groups: /metrics shows groups of more than one command", async () => {
+    // a group of one is counted in the le="1" bucket; every other group is larger
+    const larger = async () => {
+      let n = 0
+      for (const r of h.replicas) {
+        const text = await (await fetch(`${r.url}/metrics`)).text()
+        const count = Number(text.match(/^caracal_write_group_size_count\{[^}]*\} (\d+)/m)?.[1] ?? 0)
+        const ones = Number(text.match(/^caracal_write_group_size_bucket\{[^}]*le="1"[^}]*\} (\d+)/m)?.[1] ?? 0)
+        n += count - ones
+      }
+      return n
+    }
+    const deadline = Date.now() + 10_000
+    while ((await larger()) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200))
+    expect(await larger()).toBeGreaterThan(0)
+  })
+})
