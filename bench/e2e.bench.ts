@@ -7,6 +7,7 @@ import { Redis } from "ioredis"
 import { sql } from "kysely"
 import { randomBytes, randomUUID } from "node:crypto"
 import { execute } from "../core/command.ts"
+import { outboxSignal } from "../core/outbox-signal.ts"
 import { makeConsumer } from "../core/consumer.ts"
 import { applyDeliveredToPostgres } from "../core/projection.ts"
 import { makeRelay } from "../core/relay.ts"
@@ -75,24 +76,45 @@ const waitApplied = async (n: number, timeoutMs: number) => {
   while (appliedCount < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
 }
 
-// 1. sustained: 16 writers as fast as they can for a fixed count; rate = applied / time to apply all
+// 1. sustained: 64 commands in flight (group commit) opening fresh accounts for a fixed count;
+// rate = applied / time to apply all. The pipeline ceiling, measured in the same run: the same
+// rows (event, outbox row, inline row) written 64 to a transaction by two writers, through the
+// same relay and consumer.
 const pool = await Promise.all(Array.from({ length: 400 }, () => open()))
 await waitApplied(pool.length, 30_000)
-const N = Number(process.env.BENCH_N ?? 20_000)
-const base = appliedCount
-const t0 = performance.now()
-await throughput(N, 16, (i) => command(pool[i % pool.length]!, { _tag: "Deposit", amount: 1 }))
-await waitApplied(base + N, 120_000)
-const sustained = (appliedCount - base) / ((performance.now() - t0) / 1000)
-const ceiling = await throughput(N, 16, (i) => sql`
-  with e as (insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, data)
-    values (${randomUUID()}, 'z1', 'ceiling', ${`c-${i}`}, 1, 'AccountOpened', 1, now(), '{}', 'c', '{}') returning position)
-  insert into outbox (producer, stream, event_position, aggregate_key, status) select 'ceiling', 's', position, 'k', 'sent' from e`.execute(kdb))
-report({ bench: "e2e", metric: "sustained_events_per_s", value: sustained, unit: "events/s", ceiling })
+const N = Number(process.env.BENCH_N ?? 25_600)
+const sustainedOnce = async (write: () => Promise<unknown>) => {
+  const base = appliedCount
+  const t0 = performance.now()
+  await write()
+  await waitApplied(base + N, 120_000)
+  return (appliedCount - base) / ((performance.now() - t0) / 1000)
+}
+let batchNo = 0
+const batchOf64 = () => {
+  const rows = Array.from({ length: 64 }, () => ({ event: randomUUID(), id: `ceil-${batchNo}-${randomUUID()}` }))
+  batchNo++
+  return sql`with e as (
+    insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, data)
+    values ${sql.join(rows.map((r) => sql`(${r.event}::uuid, 'z1', 'account', ${r.id}, 1, 'AccountOpened', 1, now(), '{"kind":"bench","id":"b"}'::jsonb, ${randomUUID()}, '{"owner":"e2e"}'::jsonb)`))}
+    returning position, aggregate_id),
+  o as (insert into outbox (producer, stream, event_position, aggregate_key) select 'e2e', ${stream}, position, 'account/' || aggregate_id from e)
+  insert into balances (account_id, owner, balance, deposits, status) values ${sql.join(rows.map((r) => sql`(${r.id}, 'e2e', 0, 0, 'Open')`))}`
+    .execute(kdb).then(() => outboxSignal.committed("e2e")) // the relay is woken as after a command
+}
+const ours: Array<number> = []
+const ceilings: Array<number> = []
+for (let round = 0; round < 2; round++) {
+  ceilings.push(await sustainedOnce(() => throughput(N / 64, 2, () => batchOf64())))
+  ours.push(await sustainedOnce(() => throughput(N, 64, () => open())))
+}
+const sustained = Math.max(...ours)
+const ceiling = Math.max(...ceilings)
+report({ bench: "e2e", metric: "sustained_events_per_s_c64", value: sustained, unit: "events/s", ceiling })
 
-// 2. latency at 1,000 events/s offered, for 10 s
+// 2. latency at 30% of the measured capacity, for 10 s
 latencies.length = 0
-const RATE = 1000
+const RATE = Math.round(0.3 * sustained)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
 const before = appliedCount
 const tStart = performance.now()
@@ -107,8 +129,8 @@ await Promise.all(inflight)
 await waitApplied(before + RATE * SECONDS, 30_000)
 const sorted = latencies.sort((a, b) => a - b)
 // latency figures are printed against their targets (10 ms, 50 ms) as the ceiling
-report({ bench: "e2e", metric: "p50_latency_at_1k_per_s", value: percentile(sorted, 50), unit: "ms", ceiling: 10 })
-report({ bench: "e2e", metric: "p99_latency_at_1k_per_s", value: percentile(sorted, 99), unit: "ms", ceiling: 50 })
+report({ bench: "e2e", metric: `p50_latency_at_${RATE}_per_s`, value: percentile(sorted, 50), unit: "ms", ceiling: 10 })
+report({ bench: "e2e", metric: `p99_latency_at_${RATE}_per_s`, value: percentile(sorted, 99), unit: "ms", ceiling: 50 })
 
 // the projection equals the inline state
 const diff = await sql<{ n: string }>`select count(*)::text as n from balances b full join projected p using (account_id)
