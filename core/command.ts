@@ -332,10 +332,11 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
       if (x.project) await x.project(conn as Transaction<Tables>, stored, p.state)
       return { result: p.result, events: stored, replayed: false }
     } catch (e) {
-      cache.delete(cacheKey(x))
-      if (isUniqueViolation(e, "events_aggregate_type_aggregate_id_sequence_key")) throw new SequenceConflict(`${x.aggregate.type}/${x.id}`)
+      // a limit's refusal says nothing about the aggregate (its cached state stays as good as it was)
       const refused = capacity?.refusal?.(e)
       if (refused !== undefined) throw new DomainRejection(refused)
+      cache.delete(cacheKey(x))
+      if (isUniqueViolation(e, "events_aggregate_type_aggregate_id_sequence_key")) throw new SequenceConflict(`${x.aggregate.type}/${x.id}`)
       throw e
     }
   }

@@ -98,6 +98,8 @@ export interface GroupObservations {
   /** Seconds from a group's send to its answer. */
   readonly latencies: Array<number>
   refused: number
+  /** Groups that failed as a whole on one member's fault and were written member by member. */
+  writtenAlone: number
 }
 
 export class GroupCommit {
@@ -107,7 +109,7 @@ export class GroupCommit {
   private running = 0
   private waiting = false
   private sweeping: ReturnType<typeof setTimeout> | undefined
-  private observations: GroupObservations = { sizes: [], latencies: [], refused: 0 }
+  private observations: GroupObservations = { sizes: [], latencies: [], refused: 0, writtenAlone: 0 }
 
   constructor(db: Kysely<Tables>, options: GroupCommitOptions = DEFAULT_GROUP_COMMIT) {
     this.db = db
@@ -129,7 +131,7 @@ export class GroupCommit {
 
   drain(): GroupObservations {
     const o = this.observations
-    this.observations = { sizes: [], latencies: [], refused: 0 }
+    this.observations = { sizes: [], latencies: [], refused: 0, writtenAlone: 0 }
     return o
   }
 
@@ -219,7 +221,10 @@ export class GroupCommit {
       // (execute retries a deadlock). Anything else is one member's own fault (its projection
       // rows broke a constraint, a bug): each member is written alone and gets its own outcome.
       if (isUnavailable(e)) for (const m of group) m.reject(e)
-      else for (const m of group) m.alone().then(m.resolve, m.reject)
+      else {
+        this.observations.writtenAlone++
+        for (const m of group) m.alone().then(m.resolve, m.reject)
+      }
       return
     }
     for (const r of rows) {

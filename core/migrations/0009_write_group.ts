@@ -20,6 +20,16 @@
 import { type Kysely, sql } from "kysely"
 
 export async function up(db: Kysely<any>): Promise<void> {
+  // The log stays append-only for everything committed; a transaction may take back only the
+  // rows it appended itself, before it commits (a group member that failed), as a rollback would.
+  await sql`
+    create or replace function events_append_only() returns trigger language plpgsql as $$
+    begin
+      if tg_op = 'DELETE' and old.transaction_id = pg_current_xact_id() then
+        return old;
+      end if;
+      raise exception 'events is append-only';
+    end $$`.execute(db)
   await sql`
     create function caracal_write_group(members jsonb, tables text[])
     returns table (member int, written jsonb, error_code text, error_constraint text, error_message text)
@@ -130,5 +140,10 @@ export async function up(db: Kysely<any>): Promise<void> {
 }
 
 export async function down(db: Kysely<any>): Promise<void> {
+  await sql`
+    create or replace function events_append_only() returns trigger language plpgsql as $$
+    begin
+      raise exception 'events is append-only';
+    end $$`.execute(db)
   await sql`drop function caracal_write_group(jsonb, text[])`.execute(db)
 }
