@@ -303,15 +303,17 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
     const capacity = x.capacity?.(p.state, p.pending, x.meta)
     try {
       const changes = foldChanges(x.projectRows ? x.projectRows(p.state, p.pending, x.meta) : [])
-      const statement = writeStatement(x, p.pending, changes.map(changeSql), capacity?.sql, scope, p.result)
+      // the single statement is built (MACs and all) only when it is written: alone, or as a group's fallback
+      const alone = async () =>
+        (await writeStatement(x, p.pending, changes.map(changeSql), capacity?.sql, scope, p.result).execute(conn)).rows
       const rows = grouped
         ? await group.write({
           order: `${x.meta.zoneId}\u0000${x.aggregate.type}\u0000${x.id}`,
           write: memberWrite(x, p.pending, capacity ? inlineParameters(capacity.sql.compile(conn)) : null, scope, p.result),
           changes,
-          alone: async () => (await statement.execute(conn)).rows
+          alone
         })
-        : (await statement.execute(conn)).rows
+        : await alone()
       const assigned = new Map(rows.map((r) => [r.id, r]))
       const stored = p.pending.map((e): EventRow => ({
         position: assigned.get(e.id)!.position,

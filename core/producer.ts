@@ -19,7 +19,7 @@ import {
   type PendingEvent
 } from "./command.ts"
 import { Database, type DatabaseShape, type DbError } from "./db/database.ts"
-import { DEFAULT_GROUP_COMMIT, GroupCommit } from "./group-commit.ts"
+import { GroupCommit } from "./group-commit.ts"
 import type { Keys } from "./redis/keys.ts"
 import { RedisClient } from "./redis/redis.ts"
 import { makeRelay } from "./relay.ts"
@@ -58,11 +58,10 @@ export const makeProducer = (def: ProducerDefinition, deps: {
   readonly keys: Keys
   readonly signer: SigningKey | undefined
   readonly keyRetentionHours?: number
-  /** Group commit (core/group-commit.ts); the defaults when not given. */
+  /** Group commit (core/group-commit.ts); when not given, the database handle's own with the defaults. */
   readonly group?: GroupCommit
 }): ProducerShape => {
   const streams = def.streams(deps.keys)
-  const group = deps.group ?? new GroupCommit(deps.database.db, DEFAULT_GROUP_COMMIT)
   return {
     name: def.name,
     keys: deps.keys,
@@ -74,7 +73,7 @@ export const makeProducer = (def: ProducerDefinition, deps: {
         streams,
         signer: deps.signer,
         keyRetentionHours: deps.keyRetentionHours
-      }, group)
+      }, deps.group)
   }
 }
 

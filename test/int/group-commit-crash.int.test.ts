@@ -13,18 +13,23 @@ beforeAll(async () => {
 })
 afterAll(() => db.close())
 
-describe("when the writing process is killed (SIGKILL) during group writes", () => {
+describe("when one of two writing processes is killed (SIGKILL) during group writes, and then the other", () => {
   it("loses no acknowledged command and leaves no command partly written", { timeout: 120_000 }, async () => {
-    const writer = spawnScript("test/fixtures/group-writer.ts", [], { DATABASE_URL: db.url })
+    // two writers on the same accounts, as two replicas: one is killed mid-write, the other goes on, then is killed too
+    const writers = [0, 1].map(() => spawnScript("test/fixtures/group-writer.ts", [], { DATABASE_URL: db.url }))
+    const acked = (w: (typeof writers)[number]) => w.stdout().match(/^ack /gm)?.length ?? 0
     try {
-      // running, acknowledging, and writing in groups of more than one
-      await until(() => /^group \d+$/m.test(writer.stdout()) && (writer.stdout().match(/^ack /gm)?.length ?? 0) > 2_000, 90_000,
-        "the writer acknowledging commands in groups")
+      await until(() => writers.every((w) => /^group \d+$/m.test(w.stdout()) && acked(w) > 1_000), 90_000,
+        "both writers acknowledging commands in groups")
+      writers[0]!.child.kill("SIGKILL")
+      await writers[0]!.exited
+      const survivorBefore = acked(writers[1]!)
+      await until(() => acked(writers[1]!) > survivorBefore + 1_000, 60_000, "the other writer going on")
     } finally {
-      writer.child.kill("SIGKILL")
+      for (const w of writers) w.child.kill("SIGKILL")
     }
-    await writer.exited
-    const acks = writer.stdout().split("\n").filter((l) => l.startsWith("ack ")).map((l) => l.split(" "))
+    await Promise.all(writers.map((w) => w.exited))
+    const acks = writers.flatMap((w) => w.stdout().split("\n").filter((l) => l.startsWith("ack ")).map((l) => l.split(" ")))
     const kdb = db.database.db
 
     // every acknowledged command is in the log, at the sequence it was acknowledged with
