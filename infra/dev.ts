@@ -9,19 +9,25 @@ import { nodeBinary } from "../core/testing/index.ts"
 
 const DEV_FILE = path.join(repoRoot, ".dev.env")
 
+const generators: Record<string, () => string> = {
+  ZONE_KEK: () => randomBytes(32).toString("hex"),
+  STREAMS_HMAC_KEY: () => randomBytes(32).toString("hex"),
+  AUDIT_HMAC_KEY: () => randomBytes(32).toString("hex"),
+  ADMIN_TOKEN: () => randomBytes(24).toString("hex"),
+  SERVICE_HMAC_KEY: () => randomBytes(32).toString("hex")
+}
+
+// a .dev.env written before a secret existed gets that secret added; the others are kept
 const devSecrets = (): Record<string, string> => {
-  if (existsSync(DEV_FILE)) {
-    return Object.fromEntries(readFileSync(DEV_FILE, "utf8").split("\n").filter((l) => l.includes("=")).map((l) => {
+  const kept: Record<string, string> = existsSync(DEV_FILE)
+    ? Object.fromEntries(readFileSync(DEV_FILE, "utf8").split("\n").filter((l) => l.includes("=")).map((l) => {
       const i = l.indexOf("=")
       return [l.slice(0, i), l.slice(i + 1)]
     }))
-  }
-  const secrets = {
-    ZONE_KEK: randomBytes(32).toString("hex"),
-    STREAMS_HMAC_KEY: randomBytes(32).toString("hex"),
-    AUDIT_HMAC_KEY: randomBytes(32).toString("hex"),
-    ADMIN_TOKEN: randomBytes(24).toString("hex")
-  }
+    : {}
+  const missing = Object.keys(generators).filter((k) => kept[k] === undefined)
+  if (missing.length === 0) return kept
+  const secrets = { ...kept, ...Object.fromEntries(missing.map((k) => [k, generators[k]!()])) }
   writeFileSync(DEV_FILE, Object.entries(secrets).map(([k, v]) => `${k}=${v}`).join("\n") + "\n", { mode: 0o600 })
   return secrets
 }

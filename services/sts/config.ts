@@ -1,5 +1,5 @@
 // The sts's variables (README configuration table: npm run docs:config).
-import { common, httpUrl, port, previousKeys, redisUrl, streamsKey, tls } from "../../core/config/common.ts"
+import { common, httpUrl, port, previousKeys, redisUrl, serviceHmacVars, streamsKey, tls } from "../../core/config/common.ts"
 import { defaultFrom, parsers as p, required, type Spec } from "../../core/config/vars.ts"
 
 export const stsSpec = {
@@ -10,5 +10,6 @@ export const stsSpec = {
   AUDIT_STREAM_URL: defaultFrom(redisUrl, "REDIS_URL", "Redis URL for audit event publishing, if separate from main Redis"),
   STREAMS_HMAC_KEY: streamsKey,
   STREAMS_HMAC_PREVIOUS_KEYS: previousKeys,
+  ...serviceHmacVars,
   PORT: port("8080")
 } satisfies Spec

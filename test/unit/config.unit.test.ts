@@ -7,7 +7,9 @@ const base = {
   DATABASE_URL: "postgres://u:p@127.0.0.1:5432/db",
   REDIS_URL: "redis://127.0.0.1:6379",
   INSECURE_HTTP: "true",
-  STS_URL: "http://127.0.0.1:8080"
+  STS_URL: "http://127.0.0.1:8080",
+  // internal calls (sts, api, gateway); extra variables are ignored by the others
+  SERVICE_HMAC_KEY: "5e".repeat(32)
 }
 const stsBase = { ...base, ZONE_KEK: "11".repeat(32), OPA_URL: "http://127.0.0.1:8181" }
 
