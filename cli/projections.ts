@@ -6,10 +6,14 @@ import type { Tables } from "../core/db/tables.ts"
 import { type CatchUpProgress, type PgProjection, rebuildPostgres } from "../core/projection.ts"
 import type { Verifier } from "../core/signing.ts"
 import type { EventRegistry } from "../schemas/registry.ts"
+import { principalsProjection } from "../services/coordinator/api-status.ts"
 import { coordinatorProjection } from "../services/coordinator/projection.ts"
 import { type Out, UsageError } from "./output.ts"
 
-export const projections = new Map<string, PgProjection>([[coordinatorProjection.name, coordinatorProjection]])
+export const projections = new Map<string, PgProjection>([
+  [coordinatorProjection.name, coordinatorProjection],
+  [principalsProjection.name, principalsProjection]
+])
 
 export const findProjection = (name: string, known: ReadonlyMap<string, PgProjection> = projections): PgProjection => {
   const found = known.get(name)

@@ -1,9 +1,12 @@
 // The coordinator service: agent sessions and delegations over HTTP, its producer (commands,
-// outbox relay), and the sweep that expires sessions and edges and finishes cascades (also
-// those a crashed replica left half-done).
+// outbox relay), the sweep that expires sessions and edges and finishes cascades (also
+// those a crashed replica left half-done), and its consumer of the api's zones and
+// applications (api-status.ts), which spawns are checked against.
 import { Effect, Layer, Schedule } from "effect"
+import { Consumer } from "../../core/consumer-layer.ts"
 import { Producer } from "../../core/producer.ts"
 import { runService } from "../../core/service.ts"
+import { principalsConsumer } from "./api-status.ts"
 import { coordinatorProducer } from "./commands.ts"
 import { coordinatorSpec } from "./config.ts"
 import { Coordinator, CoordinatorRoutes, coordinatorErrors } from "./http.ts"
@@ -26,7 +29,7 @@ if (import.meta.main) {
     spec: coordinatorSpec,
     producer: Producer.layer(coordinatorSpec, coordinatorProducer),
     routes: CoordinatorRoutes.pipe(Layer.provide(Coordinator.layer)),
-    background: SweepLive.pipe(Layer.provide(Coordinator.layer)),
+    background: Layer.mergeAll(SweepLive.pipe(Layer.provide(Coordinator.layer)), Consumer.layer(coordinatorSpec, principalsConsumer)),
     mapError: coordinatorErrors
   })
 }

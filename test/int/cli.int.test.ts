@@ -12,7 +12,7 @@ import { findDeadLetter, listDeadLetters, printDeadLetters, requeueDeadLetter, s
 import { replayEvents, tailEvents } from "../../cli/events.ts"
 import { listDead, printDead, runRequeue } from "../../cli/outbox.ts"
 import { UsageError } from "../../cli/output.ts"
-import { findProjection, rebuildProjection } from "../../cli/projections.ts"
+import { findProjection, projections, rebuildProjection } from "../../cli/projections.ts"
 import { makeHarness, type Harness, until } from "../fixtures/harness.ts"
 import { balancesProjection, ledgerTable, registry } from "../fixtures/ledger.ts"
 
@@ -208,7 +208,8 @@ describe("the caracal process", () => {
     expect(runs.map((x) => x.code)).toEqual([1, 1, 1, 1, 1, 1])
     expect(runs[0]!.stderr).toContain('--from must be a log position (a non-negative integer), got "x"')
     expect(runs[1]!.stderr).toContain("STREAMS_HMAC_KEY: must be hex-encoded")
-    expect(runs[2]!.stderr).toContain('unknown projection "nope"; known projections: coordinator')
+    // every registered projection, by name
+    expect(runs[2]!.stderr).toContain(`unknown projection "nope"; known projections: ${[...projections.keys()].sort().join(", ")}`)
     expect(runs[3]!.stderr).toContain("--requeue all needs --producer")
     expect(runs[4]!.stderr).toContain("cannot connect to Redis at 127.0.0.1:1")
     expect(runs[4]!.stderr).not.toContain(secret)
