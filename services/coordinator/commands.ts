@@ -1,6 +1,7 @@
 // The coordinator's command handlers: HTTP → command → decide → events + tables + outbox.
-// A spawn reserves its place under the zone, application and parent limits inside its
-// write statement (coordinator_reserve: atomic counters, exact across replicas); a
+// A spawn checks that its zone and application are not archived and reserves its place
+// under the zone, application and parent limits inside its write statement
+// (coordinator_require_active, then coordinator_reserve: atomic counters, exact across replicas); a
 // delegation is created under the zone's advisory lock, so that no two racing edges close
 // a cycle together.
 import { Effect } from "effect"
@@ -12,7 +13,16 @@ import type { Tables } from "../../core/db/tables.ts"
 import type { Keys } from "../../core/redis/keys.ts"
 import { events } from "./events.ts"
 import { type Constraints, delegation, type EndpointFacts, type InboundFacts } from "./domain/delegation.ts"
-import { type AgentKind, type Limits, limitRejection, type ParentFacts, session, type SessionCommand, type SessionState } from "./domain/session.ts"
+import {
+  type AgentKind,
+  inactiveRejection,
+  type Limits,
+  limitRejection,
+  type ParentFacts,
+  session,
+  type SessionCommand,
+  type SessionState
+} from "./domain/session.ts"
 import { changesFor } from "./projection.ts"
 
 export const PRODUCER = "coordinator"
@@ -72,6 +82,17 @@ const parentFacts = async (db: Kysely<Tables>, zoneId: string, parentId: string)
 
 /** The SQLSTATE coordinator_reserve raises with, its message being the limit's code. */
 const LIMIT_STATE = "CA429"
+/** The SQLSTATE coordinator_require_active raises with: zone_inactive or application_inactive. */
+const INACTIVE_STATE = "CA403"
+
+/** A spawn's refusal by the database, as the domain error it stands for. */
+const spawnRefusal = (e: unknown, limits: Limits) => {
+  const code = (e as { code?: string }).code
+  const message = String((e as Error).message)
+  if (code === LIMIT_STATE) return limitRejection(message, limits)
+  if (code === INACTIVE_STATE) return inactiveRejection(message)
+  return undefined
+}
 
 /** A session that ends gives its places back (zone, application, parent), in the order spawns take them. */
 const releaseOnEnd = (state: SessionState, pending: ReadonlyArray<PendingEvent>, meta: CommandMeta) =>
@@ -99,8 +120,10 @@ export const makeCommands = (deps: CoordinatorDeps) => {
   const common = { projectRows: projectInline }
 
   /**
-   * A root spawn is one statement: the event, the tables, the outbox and the reservation of
-   * a place under each counting limit (coordinator_reserve); a child spawn reads its parent first.
+   * A root spawn is one statement: the event, the tables, the outbox, the check that the zone
+   * and the application are not archived (coordinator_require_active: the projection of the
+   * api's events, or on a miss the log; see api-status.ts) and the reservation of a place
+   * under each counting limit (coordinator_reserve); a child spawn reads its parent first.
    */
   const spawn = (caller: Caller, req: SpawnRequest) =>
     Effect.gen(function*() {
@@ -126,9 +149,11 @@ export const makeCommands = (deps: CoordinatorDeps) => {
           limits: deps.limits
         },
         capacity: (_state, _pending, meta) => ({
-          sql: sql`coordinator_reserve(${meta.zoneId}, ${req.applicationId}, ${parent?.id ?? null}, ${maxPerZone}, ${maxPerApp}, ${maxChildren})`,
-          refusal: (e) =>
-            (e as { code?: string }).code === LIMIT_STATE ? limitRejection(String((e as Error).message), deps.limits) : undefined
+          // evaluated left to right: an archived zone or application is refused before any place is taken
+          // (and a refusal by either aborts the statement, so nothing taken stays taken)
+          sql: sql`(coordinator_require_active(${meta.zoneId}, ${req.applicationId})
+            and coordinator_reserve(${meta.zoneId}, ${req.applicationId}, ${parent?.id ?? null}, ${maxPerZone}, ${maxPerApp}, ${maxChildren}))`,
+          refusal: (e) => spawnRefusal(e, deps.limits)
         }),
         keyPinnedWhile: whileSessionLives,
         result: () => ({ id })

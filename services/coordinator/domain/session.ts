@@ -5,7 +5,9 @@
 // stays pure. The counting limits (live sessions per zone, per application, children per
 // parent) are not decided here but reserved atomically by the database in the spawn's
 // write statement (see services/coordinator/migrations/0005_session_counts.ts), which keeps them exact across
-// replicas without a lock held over round trips.
+// replicas without a lock held over round trips. The same statement refuses a spawn for an
+// archived zone or application (403 zone_inactive / application_inactive, see
+// services/coordinator/api-status.ts).
 //
 // Kinds. `instance`: a long-lived agent that may spawn children. `service`: the name
 // existing SDKs send for the same thing; it is recorded as sent and behaves as `instance`.
@@ -104,8 +106,23 @@ export const limitRejection = (code: string, limits: Limits): SessionRejected | 
   }
 }
 
+/**
+ * The answer to a spawn the database refused because its zone or application is archived
+ * (see coordinator_require_active in services/coordinator/migrations/0012_known_principals.ts).
+ */
+export const inactiveRejection = (code: string): SessionRejected | undefined => {
+  switch (code) {
+    case "zone_inactive":
+      return new SessionRejected({ status: 403, code, description: "the zone is archived" })
+    case "application_inactive":
+      return new SessionRejected({ status: 403, code, description: "the application is archived" })
+    default:
+      return undefined
+  }
+}
+
 export class SessionRejected extends Data.TaggedError("SessionRejected")<{
-  readonly status: 400 | 404 | 409 | 429
+  readonly status: 400 | 403 | 404 | 409 | 429
   readonly code: string
   readonly description: string
 }> {}
