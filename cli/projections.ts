@@ -7,12 +7,14 @@ import { type CatchUpProgress, type PgProjection, rebuildPostgres } from "../cor
 import type { Verifier } from "../core/signing.ts"
 import type { EventRegistry } from "../schemas/registry.ts"
 import { principalsProjection } from "../services/coordinator/api-status.ts"
+import { apiProjection } from "../services/api/projection.ts"
 import { coordinatorProjection } from "../services/coordinator/projection.ts"
 import { type Out, UsageError } from "./output.ts"
 
 export const projections = new Map<string, PgProjection>([
   [coordinatorProjection.name, coordinatorProjection],
-  [principalsProjection.name, principalsProjection]
+  [principalsProjection.name, principalsProjection],
+  [apiProjection.name, apiProjection]
 ])
 
 export const findProjection = (name: string, known: ReadonlyMap<string, PgProjection> = projections): PgProjection => {

@@ -39,6 +39,11 @@ export interface CommandMeta {
    * with a different body is refused (IdempotencyKeyReused) instead of answering the first result.
    */
   readonly idempotencyFingerprint?: string | undefined
+  /**
+   * Where the key is looked up: by default the aggregate type and zone. A command that
+   * creates its own zone (whose id is new on every try) names a scope that does not change.
+   */
+  readonly idempotencyScope?: string | undefined
 }
 
 /** An aggregate as a decider: pure, no I/O, no clock (time comes in CommandMeta). */
@@ -93,6 +98,11 @@ export interface Execution<S, C, E extends DomainEvent, Err, R> {
    * written; `refusal` turns that error into the domain error.
    */
   readonly capacity?: (state: S, events: ReadonlyArray<PendingEvent>, meta: CommandMeta) => CapacityChange<Err> | undefined
+  /**
+   * Turns a failed write into a domain error: e.g. a unique index of the inline projection
+   * (a duplicate slug) refusing the row, which aborts the statement, so nothing is written.
+   */
+  readonly refusal?: (error: unknown) => Err | undefined
   /**
    * For a command that needs facts beyond its own aggregate (a parent's state, a cycle check):
    * reads them inside the command's transaction, under whatever locks it takes, and returns
@@ -290,7 +300,7 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
   cache: AggregateCache,
   group: GroupCommit
 ): Promise<Outcome<R>> => {
-  const scope = `${x.aggregate.type}:${x.meta.zoneId}`
+  const scope = x.meta.idempotencyScope ?? `${x.aggregate.type}:${x.meta.zoneId}`
   // A command that needs no transaction of its own joins a group (core/group-commit.ts); one
   // that reads facts under locks or projects in code keeps its own transaction, so that no
   // group ever waits for its reads.
@@ -335,7 +345,7 @@ const runOnce = async <S, C, E extends DomainEvent, Err, R>(
       return { result: p.result, events: stored, replayed: false }
     } catch (e) {
       // a limit's refusal says nothing about the aggregate (its cached state stays as good as it was)
-      const refused = capacity?.refusal?.(e)
+      const refused = capacity?.refusal?.(e) ?? x.refusal?.(e)
       if (refused !== undefined) throw new DomainRejection(refused)
       cache.delete(cacheKey(x))
       if (isUniqueViolation(e, "events_aggregate_type_aggregate_id_sequence_key")) throw new SequenceConflict(`${x.aggregate.type}/${x.id}`)

@@ -4,9 +4,10 @@
 // A service's producer uses its own registry, not this one.
 import { EventRegistry } from "../schemas/registry.ts"
 import { jsonSchemaFilesOf } from "../schemas/generate.ts"
+import { apiEvents } from "./api/events.ts"
 import { coordinatorEvents } from "./coordinator/events.ts"
 
-export const events = new EventRegistry().register(...coordinatorEvents)
+export const events = new EventRegistry().register(...coordinatorEvents, ...apiEvents)
 
 /** The JSON Schema documents of the envelope and of every service's events (schemas/json). */
 export const jsonSchemaFiles = (): Map<string, string> => jsonSchemaFilesOf(events)

@@ -39,6 +39,12 @@ export const previousKeys = optional(
   true
 )
 
+/** Internal calls between services (api → sts, gateway → sts): HMAC-signed requests (CONTRACTS.md). */
+export const serviceHmacVars = {
+  SERVICE_HMAC_KEY: required(p.hexKey(), "Hex-encoded key that signs and verifies internal calls between services (api → sts, gateway → sts)", true),
+  SERVICE_HMAC_PREVIOUS_KEYS: optional(p.hexKeyList, "Comma-separated hex keys still accepted on internal calls (key rotation)", true)
+}
+
 export const port = (defaultPort: string) => withDefault(p.int(1, 65535), defaultPort, "Listening port")
 
 /**

@@ -1,5 +1,5 @@
 // The api's variables (README configuration table: npm run docs:config).
-import { common, httpUrl, port, producerVars } from "../../core/config/common.ts"
+import { common, httpUrl, port, producerVars, serviceHmacVars } from "../../core/config/common.ts"
 import { parsers as p, required, type Spec, withDefault } from "../../core/config/vars.ts"
 
 export const apiSpec = {
@@ -7,6 +7,7 @@ export const apiSpec = {
   ADMIN_TOKEN: required(p.secretString, "Bearer token required for all /v1/* admin routes (at least 16 characters)", true),
   STS_URL: required(httpUrl, "Internal URL of the STS service (e.g. http://sts:8080)"),
   INSECURE_STS: withDefault(p.bool, "false", "Skip TLS verification when calling STS; internal networks with self-signed certs only"),
+  ...serviceHmacVars,
   ...producerVars({ pollMs: "250", batchSize: "32", maxAttempts: "100" }),
   PORT: port("3000")
 } satisfies Spec

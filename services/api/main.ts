@@ -1,11 +1,11 @@
-// The api service: configuration, connections, migrations, its producer (outbox relay),
-// /health, /ready and /metrics. Its domain routes arrive with their issues.
+// The api service: the control plane's routes behind ADMIN_TOKEN, its producer (commands,
+// outbox relay under a fenced lease), /health, /ready and /metrics.
 import { Producer } from "../../core/producer.ts"
 import { runService } from "../../core/service.ts"
-import { EventRegistry } from "../../schemas/registry.ts"
+import { apiProducer } from "./commands.ts"
 import { apiSpec } from "./config.ts"
+import { apiErrors, ApiRoutes } from "./http.ts"
 
-/** Its events arrive with the api issue; the relay already runs so that the outbox is served. */
-const apiProducer = { name: "api", registry: new EventRegistry(), streams: () => () => [] }
-
-if (import.meta.main) runService({ name: "api", spec: apiSpec, producer: Producer.layer(apiSpec, apiProducer) })
+if (import.meta.main) {
+  runService({ name: "api", spec: apiSpec, producer: Producer.layer(apiSpec, apiProducer), routes: ApiRoutes, mapError: apiErrors })
+}
