@@ -2,7 +2,8 @@
 // with development secrets generated once and kept in .dev.env (git-ignored).
 import { type ChildProcess, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { existsSync, readFileSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import os from "node:os"
 import path from "node:path"
 import { repoRoot, stackEnv } from "../core/stack-env.ts"
 import { nodeBinary } from "../core/testing/index.ts"
@@ -87,6 +88,25 @@ const shutdown = (code: number) => {
 process.on("SIGINT", () => shutdown(0))
 process.on("SIGTERM", () => shutdown(0))
 
+// The demo zone (api: POST /v1/local/bootstrap, idempotent). Its application's secret is
+// shown once, by the call that created it: kept in the data directory, never printed.
+const DEMO_FILE = path.join(process.env.XDG_DATA_HOME ?? path.join(os.homedir(), ".local", "share"), "caracal", "demo.json")
+const bootstrap = async () => {
+  const api = services.find((s) => s.name === "api")!
+  const res = await fetch(`http://127.0.0.1:${api.port}/v1/local/bootstrap`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${secrets.ADMIN_TOKEN}`, "content-type": "application/json" },
+    body: "{}"
+  })
+  const demo = (await res.json()) as { zone_id?: string; application_id?: string; client_secret?: string | null; resource?: string }
+  if (res.status !== 200) return console.error(`demo zone not created (${res.status}): ${JSON.stringify(demo)}`)
+  const before = existsSync(DEMO_FILE) ? (JSON.parse(readFileSync(DEMO_FILE, "utf8")) as { client_secret?: string }) : {}
+  const secret = demo.client_secret ?? before.client_secret ?? null
+  mkdirSync(path.dirname(DEMO_FILE), { recursive: true })
+  writeFileSync(DEMO_FILE, JSON.stringify({ ...demo, client_secret: secret }, null, 2) + "\n", { mode: 0o600 })
+  console.log(`\ndemo zone ${demo.zone_id}: application ${demo.application_id}, resource ${demo.resource} (client secret in ${DEMO_FILE})`)
+}
+
 // Report when every service answers /ready.
 const deadline = Date.now() + 60_000
 const check = async (): Promise<void> => {
@@ -95,6 +115,7 @@ const check = async (): Promise<void> => {
     return { ...s, ready }
   }))
   if (states.every((s) => s.ready)) {
+    await bootstrap()
     console.log("\nCaracal is up (development mode):")
     for (const s of states) console.log(`  ${s.name.padEnd(11)} http://127.0.0.1:${s.port}  (/health /ready /metrics)`)
     console.log(`  admin token in ${DEV_FILE}; Ctrl-C stops the services (infra/stack.sh stop stops the stack)\n`)

@@ -1,6 +1,9 @@
 // `npm start`'s service runner: all five services come up on the local stack and answer
-// /health and /ready with 200, then stop on SIGTERM.
+// /health and /ready with 200, the demo zone is bootstrapped (its secret kept in the data
+// directory, never printed), then they stop on SIGTERM.
 import { spawn } from "node:child_process"
+import { mkdtempSync, readFileSync } from "node:fs"
+import os from "node:os"
 import path from "node:path"
 import { describe, expect, it } from "vitest"
 import { nodeBinary, repoRoot, waitFor } from "../../core/testing/index.ts"
@@ -10,9 +13,10 @@ const BASE = { sts: 8080, api: 3000, gateway: 8081, coordinator: 4000, audit: 90
 describe("when the development stack starts", () => {
   it("runs all five services, each answering /health and /ready with 200", async () => {
     const offset = 20_000 + Math.floor(Math.random() * 20_000)
+    const data = mkdtempSync(path.join(os.tmpdir(), "caracal-start-"))
     const child = spawn(nodeBinary(), [path.join(repoRoot, "infra/dev.ts")], {
       cwd: repoRoot,
-      env: { ...process.env, DEV_PORT_OFFSET: String(offset), LOG_LEVEL: "warn" },
+      env: { ...process.env, DEV_PORT_OFFSET: String(offset), LOG_LEVEL: "warn", XDG_DATA_HOME: data },
       stdio: ["ignore", "pipe", "pipe"]
     })
     let out = ""
@@ -27,6 +31,10 @@ describe("when the development stack starts", () => {
         expect(await health.json()).toMatchObject({ service: name })
         expect((await fetch(`http://127.0.0.1:${port + offset}/ready`)).status, name).toBe(200)
       }
+      const demo = JSON.parse(readFileSync(path.join(data, "caracal", "demo.json"), "utf8"))
+      expect(out).toContain(`demo zone ${demo.zone_id}`)
+      expect(demo.application_id).toBeTruthy()
+      if (demo.client_secret) expect(out).not.toContain(demo.client_secret)
     } finally {
       child.kill("SIGTERM")
     }
