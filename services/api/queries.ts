@@ -12,40 +12,66 @@ export interface RecordRow {
   readonly version: number
   readonly status: "active" | "archived"
   readonly record: Record<string, unknown>
-  readonly created_at: Date
-  readonly updated_at: Date
-  readonly archived_at: Date | null
+  /** ISO 8601, UTC, milliseconds. */
+  readonly created_at: string
+  readonly updated_at: string
+  readonly archived_at: string | null
   readonly archive_reason: string | null
 }
 
 export type View = Record<string, unknown>
 
-const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
+// record keys are few and fixed: each is converted once (a list of 1,000 records spent most of its time here)
+const snakeNames = new Map<string, string>()
+const snake = (k: string) => {
+  let s = snakeNames.get(k)
+  if (s === undefined) {
+    s = k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
+    if (snakeNames.size < 10_000) snakeNames.set(k, s)
+  }
+  return s
+}
 
 /** camelCase keys to snake_case, except inside free-form maps (metadata), which are the caller's own. */
 const snakeKeys = (v: unknown): unknown => {
   if (Array.isArray(v)) return v.map(snakeKeys)
   if (v === null || typeof v !== "object") return v
-  return Object.fromEntries(Object.entries(v).map(([k, x]) => [snake(k), k === "metadata" ? x : snakeKeys(x)]))
+  const out: Record<string, unknown> = {}
+  for (const k in v) {
+    const x = (v as Record<string, unknown>)[k]
+    out[snake(k)] = k === "metadata" ? x : snakeKeys(x)
+  }
+  return out
 }
 
 /** Fields a record keeps that no response shows. */
 const HIDDEN: Partial<Record<ApiAggregateType, ReadonlyArray<string>>> = { application: ["secretVerifiers"] }
 
 export const viewOf = (row: RecordRow): View => {
-  const fields = { ...row.record }
-  for (const k of HIDDEN[row.type] ?? []) delete fields[k]
-  return {
-    id: row.id,
-    ...(row.type === "zone" ? {} : { zone_id: row.zone_id }),
-    ...(snakeKeys(fields) as object),
-    status: row.status,
-    version: row.version,
-    created_at: row.created_at.toISOString(),
-    updated_at: row.updated_at.toISOString(),
-    ...(row.archived_at === null ? {} : { archived_at: row.archived_at.toISOString(), archive_reason: row.archive_reason })
+  const hidden = HIDDEN[row.type]
+  const view: View = { id: row.id }
+  if (row.type !== "zone") view.zone_id = row.zone_id
+  for (const k in row.record) {
+    if (hidden?.includes(k)) continue
+    view[snake(k)] = k === "metadata" ? row.record[k] : snakeKeys(row.record[k])
   }
+  view.status = row.status
+  view.version = row.version
+  view.created_at = row.created_at
+  view.updated_at = row.updated_at
+  if (row.archived_at !== null) {
+    view.archived_at = row.archived_at
+    view.archive_reason = row.archive_reason
+  }
+  return view
 }
+
+// times as ISO 8601 text made by Postgres: parsing 3,000 Dates per page cost more than the query
+const COLUMNS = sql`id, type, zone_id, version, status, record,
+  to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as created_at,
+  to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as updated_at,
+  to_char(archived_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as archived_at,
+  archive_reason`
 
 export interface ListOptions {
   /** The last id of the previous page. */
@@ -58,7 +84,7 @@ export interface ListOptions {
 
 export const makeQueries = (db: Kysely<Tables>) => {
   const one = async (type: ApiAggregateType, zoneId: string, id: string): Promise<RecordRow | undefined> => {
-    const { rows } = await sql<RecordRow>`select * from api_records where id = ${id} and type = ${type} and zone_id = ${zoneId}`.execute(db)
+    const { rows } = await sql<RecordRow>`select ${COLUMNS} from api_records where id = ${id} and type = ${type} and zone_id = ${zoneId}`.execute(db)
     return rows[0]
   }
   return {
@@ -76,7 +102,7 @@ export const makeQueries = (db: Kysely<Tables>) => {
         ...(o.status === undefined ? [] : [sql`status = ${o.status}`]),
         ...Object.entries(o.where).map(([field, value]) => sql`record->>${field} = ${value}`)
       ]
-      const { rows } = await sql<RecordRow>`select * from api_records where ${sql.join(conditions, sql` and `)}
+      const { rows } = await sql<RecordRow>`select ${COLUMNS} from api_records where ${sql.join(conditions, sql` and `)}
         order by id limit ${o.limit}`.execute(db)
       return rows
     },
@@ -88,7 +114,7 @@ export const makeQueries = (db: Kysely<Tables>) => {
       return rows[0]?.id ?? undefined
     },
     zoneBySlug: async (slug: string) => {
-      const { rows } = await sql<RecordRow>`select * from api_records
+      const { rows } = await sql<RecordRow>`select ${COLUMNS} from api_records
         where type = 'zone' and status = 'active' and record->>'slug' = ${slug}`.execute(db)
       return rows[0]
     },
