@@ -2,7 +2,6 @@
 // address in Redis db1), bad input answered with its 4xx and nothing written, idempotent
 // POSTs, and the OpenAPI document matching the routes served.
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import pg from "pg"
 import { type ApiHarness, startApi } from "../fixtures/api.ts"
 
 let h: ApiHarness
@@ -13,15 +12,7 @@ beforeAll(async () => {
 })
 afterAll(() => h.close())
 
-const count = async (sql: string) => {
-  const c = new pg.Client({ connectionString: h.dbUrl })
-  await c.connect()
-  try {
-    return Number((await c.query(sql)).rows[0].n)
-  } finally {
-    await c.end()
-  }
-}
+const count = async (sql: string) => Number((await h.rows(sql))[0].n)
 const written = async () => ({ events: await count("select count(*) as n from events"), outbox: await count("select count(*) as n from outbox") })
 
 describe("admin token", () => {
@@ -59,10 +50,7 @@ describe("admin token", () => {
 
   it("records the admin credential's id as the actor, never the token", async () => {
     const r = await h.call("POST", `/v1/zones/${zone}/applications`, { body: { name: "actor-check" } })
-    const c = new pg.Client({ connectionString: h.dbUrl })
-    await c.connect()
-    const { rows } = await c.query("select actor from events where aggregate_id = $1", [r.body.id])
-    await c.end()
+    const rows = await h.rows("select actor from events where aggregate_id = $1", [r.body.id])
     expect(rows[0].actor.kind).toBe("admin")
     expect(rows[0].actor.id).toMatch(/^admin:[0-9a-f]{16}$/)
     expect(JSON.stringify(rows)).not.toContain(h.adminToken)
@@ -135,10 +123,7 @@ describe("Idempotency-Key", () => {
     expect(again.status).toBe(201)
     expect(again.body.id).toBe(first.body.id)
     expect(again.body.client_secret).toBeUndefined()
-    const c = new pg.Client({ connectionString: h.dbUrl })
-    await c.connect()
-    const { rows } = await c.query("select result::text as r from command_results")
-    await c.end()
+    const rows = await h.rows("select result::text as r from command_results")
     expect(rows.map((r) => r.r).join("")).not.toContain(first.body.client_secret)
   })
 })

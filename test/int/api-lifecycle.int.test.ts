@@ -2,7 +2,6 @@
 // If-Match, archive; their events in the log and on their streams, the outbox drained,
 // and a rebuild of the api's tables equal to the live ones.
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import pg from "pg"
 import { until } from "../fixtures/harness.ts"
 import { type ApiHarness, startApi } from "../fixtures/api.ts"
 
@@ -16,15 +15,7 @@ beforeAll(async () => {
 })
 afterAll(() => h.close())
 
-const query = async <T = any>(text: string, values: Array<unknown> = []): Promise<Array<T>> => {
-  const c = new pg.Client({ connectionString: h.dbUrl })
-  await c.connect()
-  try {
-    return (await c.query(text, values)).rows as Array<T>
-  } finally {
-    await c.end()
-  }
-}
+const query = (text: string, values: Array<unknown> = []) => h.rows(text, values)
 
 describe("zones", () => {
   it("creates a zone with a server-generated id; the slug is unique among live zones", async () => {
@@ -183,7 +174,7 @@ describe("resources, providers, bindings and grants", () => {
 describe("the log", () => {
   it("every command's events are in the log, the outbox drains, and a rebuild gives the same tables", async () => {
     await until(async () => (await query(`select count(*)::int as n from outbox where status <> 'sent'`))[0].n === 0, 30_000)
-    const types = (await query<{ type: string }>(`select distinct type from events`)).map((r) => r.type)
+    const types = (await query(`select distinct type from events`)).map((r) => r.type)
     expect(types).toEqual(expect.arrayContaining(["ZoneCreated", "ZoneUpdated", "ZoneArchived", "ApplicationCreated", "ApplicationSecretRotated", "ResourceCreated", "BindingCreated", "BindingDeleted", "GrantCreated", "GrantRevoked", "ProviderCreated"]))
     const before = await query(`select * from api_records order by id`)
     const { runScript } = await import("../../core/testing/index.ts")

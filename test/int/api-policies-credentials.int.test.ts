@@ -2,7 +2,6 @@
 // credentials whose material goes to the sts to be sealed: no response, log line, event,
 // outbox row or idempotency record of the api ever holds it.
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import pg from "pg"
 import { randomBytes } from "node:crypto"
 import { until } from "../fixtures/harness.ts"
 import { type ApiHarness, startApi } from "../fixtures/api.ts"
@@ -28,15 +27,7 @@ const BROKEN = `package caracal.authz
 result := {"allow": true if {
 `
 
-const rows = async (text: string, values: Array<unknown> = []) => {
-  const c = new pg.Client({ connectionString: h.dbUrl })
-  await c.connect()
-  try {
-    return (await c.query(text, values)).rows
-  } finally {
-    await c.end()
-  }
-}
+const rows = (text: string, values: Array<unknown> = []) => h.rows(text, values)
 
 describe("policies", () => {
   it("refuses a Rego text OPA rejects with OPA's message, and creates nothing", async () => {

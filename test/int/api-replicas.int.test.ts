@@ -2,7 +2,6 @@
 // under concurrent writes; a replica killed mid-load loses no acknowledged command, and
 // the survivor's relay publishes every event; the development bootstrap is idempotent.
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import pg from "pg"
 import { until } from "../fixtures/harness.ts"
 import { type ApiHarness, startApi } from "../fixtures/api.ts"
 
@@ -12,15 +11,7 @@ beforeAll(async () => {
 })
 afterAll(() => h.close())
 
-const rows = async (text: string, values: Array<unknown> = []) => {
-  const c = new pg.Client({ connectionString: h.dbUrl })
-  await c.connect()
-  try {
-    return (await c.query(text, values)).rows
-  } finally {
-    await c.end()
-  }
-}
+const rows = (text: string, values: Array<unknown> = []) => h.rows(text, values)
 const on = (i: number) => ({ base: h.replicas[i]!.url })
 
 describe("two replicas", () => {
