@@ -492,9 +492,9 @@ export const makeRoutes = (deps: ApiDeps): ReadonlyArray<RouteSpec> => {
       }),
     checkPatch: (b, zone, id) =>
       Effect.gen(function*() {
-        // a grant's resource never changes: the new scopes are bounded by it
-        const grant = (yield* live("grant", zone, id)).record as unknown as { resourceId: string }
-        yield* withinResource(zone, grant.resourceId, b.scopes)
+        // a grant's resource never changes: the new scopes are bounded by it (an archived grant is refused by its decider)
+        const grant = yield* Effect.promise(() => queries.one("grant", zone, id))
+        if (grant?.status === "active") yield* withinResource(zone, (grant.record as { resourceId: string }).resourceId, b.scopes)
       })
   })
 
