@@ -8,7 +8,6 @@ import { v7 as uuidv7 } from "uuid"
 import * as B from "./bodies.ts"
 import type { Caller } from "./commands.ts"
 import type { PolicyRecord, PolicySetRecord } from "./events.ts"
-import type { RecordRow } from "./queries.ts"
 import { answer, route } from "./route-kit.ts"
 import type { ApiDeps } from "./routes.ts"
 import { generateSecret, verifierFor } from "./secrets.ts"
@@ -42,13 +41,9 @@ export const bootstrapRoute = (deps: ApiDeps) =>
         const { commands, queries, sts } = deps
         // the pieces are found by name: their own commands need no idempotency keys
         const caller: Caller = { actorId: ctx.caller.actorId, requestId: ctx.caller.requestId }
-        const findOne = (type: Parameters<typeof queries.list>[0], zone: string, where: Record<string, string>) =>
-          Effect.promise(() => queries.list(type, zone, { after: undefined, limit: 1, status: "active", where })).pipe(
-            Effect.map((rows): RecordRow | undefined => rows[0])
-          )
-        const ensure = (type: Parameters<typeof queries.list>[0], zone: string, where: Record<string, string>, record: Record<string, unknown>, id = uuidv7()) =>
+        const ensure = (type: Parameters<typeof queries.find>[0], zone: string, where: Record<string, string>, record: Record<string, unknown>, id = uuidv7()) =>
           Effect.gen(function*() {
-            const found = yield* findOne(type, zone, where)
+            const found = yield* Effect.promise(() => queries.find(type, zone, where))
             if (found) return { id: found.id, created: false }
             yield* commands.create(type, caller, zone, id, record)
             return { id, created: true }

@@ -9,6 +9,7 @@ import type { PgProjection } from "../../core/projection.ts"
 import { changeSql, foldChanges, type RowChange } from "../../core/row-changes.ts"
 import type { Envelope } from "../../schemas/envelope.ts"
 import { recordOf } from "./domain/record.ts"
+import { viewFields } from "./views.ts"
 import { type ApiAggregateType, apiAggregates, apiEvents } from "./events.ts"
 
 /** What the projection needs of an event, whether being written now or replayed. */
@@ -40,6 +41,7 @@ export const changesFor = (e: Projected): ReadonlyArray<RowChange> => {
         version,
         status: sql`'active'`,
         record: sql`${JSON.stringify(e.data)}::jsonb`,
+        view: sql`${JSON.stringify(viewFields(e.aggregateType, e.data as Record<string, unknown>))}::jsonb`,
         created_at: at,
         updated_at: at
       }
@@ -58,7 +60,12 @@ export const changesFor = (e: Projected): ReadonlyArray<RowChange> => {
     table: "api_records",
     key,
     op: "update",
-    values: { version, record: sql`${JSON.stringify(recordOf(e))}::jsonb`, updated_at: at }
+    values: {
+      version,
+      record: sql`${JSON.stringify(recordOf(e))}::jsonb`,
+      view: sql`${JSON.stringify(viewFields(e.aggregateType, recordOf(e)))}::jsonb`,
+      updated_at: at
+    }
   }
   if (e.type !== "PolicyVersionAdded") return [update]
   const d = e.data as { versionId: string; rego: string; record: { versions: ReadonlyArray<{ id: string; number: number }> } }
