@@ -6,8 +6,9 @@ import { EventRegistry } from "../schemas/registry.ts"
 import { jsonSchemaFilesOf } from "../schemas/generate.ts"
 import { apiEvents } from "./api/events.ts"
 import { coordinatorEvents } from "./coordinator/events.ts"
+import { stsEvents } from "./sts/events.ts"
 
-export const events = new EventRegistry().register(...coordinatorEvents, ...apiEvents)
+export const events = new EventRegistry().register(...coordinatorEvents, ...apiEvents, ...stsEvents)
 
 /** The JSON Schema documents of the envelope and of every service's events (schemas/json). */
 export const jsonSchemaFiles = (): Map<string, string> => jsonSchemaFilesOf(events)

@@ -1,15 +1,21 @@
 // The sts service: configuration, connections, migrations, /health, /ready (Postgres,
-// Redis, OPA), /metrics, and the internal routes the api calls (sealed credentials, policy
-// checks). The token exchange arrives with its issue.
+// Redis, OPA), /metrics, its producer (key events), and the internal routes the api calls
+// (sealed credentials, policy checks). The token exchange arrives with its issue.
+import { Producer, type ProducerDefinition } from "../../core/producer.ts"
 import { runService } from "../../core/service.ts"
 import { httpProbe } from "../../core/http/probe.ts"
 import { stsSpec } from "./config.ts"
+import { events } from "./events.ts"
 import { InternalRoutes, stsErrors } from "./internal.ts"
+
+/** The sts's producer: zone key events on caracal:{zone_key}:events. */
+export const stsProducer: ProducerDefinition = { name: "sts", registry: events, streams: (keys) => (e) => [keys.stream(e.aggregateType)] }
 
 if (import.meta.main) {
   runService({
     name: "sts",
     spec: stsSpec,
+    producer: Producer.layer(stsSpec, stsProducer),
     routes: InternalRoutes,
     mapError: stsErrors,
     // OPA unreachable means every exchange would be denied: the STS is not ready without it
