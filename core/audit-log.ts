@@ -1,0 +1,73 @@
+// Appending audit records (schemas/audit-record.ts) to the audit stream at AUDIT_STREAM_URL,
+// signed like every stream entry (STREAMS_HMAC_KEY: the same wire form as the relay's, so the
+// audit service verifies them the same way). Not through an outbox: a decision is recorded
+// before it is answered, and a failed write fails the request (503) — no unaudited authority.
+import { Context, Effect, Layer, Schema } from "effect"
+import { Redis } from "ioredis"
+import { v7 as uuidv7 } from "uuid"
+import { type AuditRecord, AuditRecord as AuditRecordSchema } from "../schemas/audit-record.ts"
+import type { Keys } from "./redis/keys.ts"
+import { sign, type SigningKey } from "./signing.ts"
+
+export class AuditUnavailable extends Schema.TaggedError<AuditUnavailable>()("AuditUnavailable", { cause: Schema.Defect() }) {}
+
+/** How long an append may take before the request is refused. */
+const APPEND_TIMEOUT_MS = 2000
+
+export interface AuditLogShape {
+  readonly stream: string
+  /** Appends one record (id and occurred_at filled in when absent); fails with AuditUnavailable. */
+  readonly append: (record: Omit<AuditRecord, "id" | "occurred_at"> & Partial<Pick<AuditRecord, "id" | "occurred_at">>) =>
+    Effect.Effect<AuditRecord, AuditUnavailable>
+  readonly ping: Effect.Effect<void, AuditUnavailable>
+}
+
+const encode = Schema.encodeSync(AuditRecordSchema)
+
+export const makeAuditLog = (redis: Redis, keys: Keys, signer: SigningKey | undefined): AuditLogShape => {
+  const stream = keys.stream("audit")
+  return {
+    stream,
+    append: (partial) =>
+      Effect.gen(function*() {
+        const record = encode({ ...partial, id: partial.id ?? uuidv7(), occurred_at: partial.occurred_at ?? new Date().toISOString() })
+        const bytes = JSON.stringify(record)
+        const fields = signer ? ["e", bytes, "k", signer.id, "s", sign(signer, stream, bytes)] : ["e", bytes]
+        yield* Effect.tryPromise({
+          try: () => redis.xadd(stream, "*", ...fields),
+          catch: (cause) => new AuditUnavailable({ cause })
+        }).pipe(
+          Effect.timeoutOrElse({ duration: `${APPEND_TIMEOUT_MS} millis`, orElse: () => Effect.fail(new AuditUnavailable({ cause: "timeout" })) })
+        )
+        return record
+      }),
+    ping: Effect.asVoid(Effect.tryPromise({ try: () => redis.ping(), catch: (cause) => new AuditUnavailable({ cause }) }))
+  }
+}
+
+export class AuditLog extends Context.Service<AuditLog, AuditLogShape>()("caracal/core/AuditLog") {
+  /** A connection of its own to AUDIT_STREAM_URL (db0), closed with the service. */
+  static readonly layer = (opts: { readonly url: string; readonly password?: string | undefined; readonly keys: Keys; readonly signer: SigningKey | undefined }) =>
+    Layer.effect(AuditLog, Effect.gen(function*() {
+      const redis = yield* Effect.acquireRelease(
+        Effect.tryPromise({
+          try: async () => {
+            const r = new Redis(opts.url, {
+              lazyConnect: true,
+              maxRetriesPerRequest: 1,
+              // commands fail fast while the audit Redis is away: the request fails closed
+              enableOfflineQueue: false,
+              retryStrategy: (times) => Math.min(times * 100, 2000),
+              ...(opts.password === undefined ? {} : { password: opts.password })
+            })
+            r.on("error", () => {})
+            await r.connect()
+            return r
+          },
+          catch: (cause) => new AuditUnavailable({ cause })
+        }),
+        (r) => Effect.promise(() => r.quit().catch(() => r.disconnect()))
+      )
+      return makeAuditLog(redis, opts.keys, opts.signer)
+    }))
+}
