@@ -31,14 +31,30 @@ export interface Sealed {
   readonly kekId: string
 }
 
-export const sealMaterial = (kek: Buffer, zoneId: string, id: string, material: Material): Sealed => {
+/**
+ * AES-256-GCM under `kek` with a random 96-bit nonce; `aad` (what the ciphertext belongs to)
+ * is authenticated, not stored. Shared by credentials and zone signing keys (keys.ts).
+ */
+export const sealBytes = (kek: Buffer, aad: Buffer, plaintext: Buffer): Sealed => {
   const nonce = randomBytes(NONCE_BYTES)
   const cipher = createCipheriv(ALGORITHM, kek, nonce, { authTagLength: TAG_BYTES })
-  cipher.setAAD(associatedData(zoneId, id))
+  cipher.setAAD(aad)
+  const ciphertext = Buffer.concat([cipher.update(plaintext), cipher.final()])
+  return { nonce, ciphertext, tag: cipher.getAuthTag(), kekId: kekIdOf(kek) }
+}
+
+/** Throws when the KEK, the associated data or any byte of the sealed data differs from sealing. */
+export const openBytes = (kek: Buffer, aad: Buffer, sealed: Sealed): Buffer => {
+  const decipher = createDecipheriv(ALGORITHM, kek, sealed.nonce, { authTagLength: TAG_BYTES })
+  decipher.setAAD(aad)
+  decipher.setAuthTag(sealed.tag)
+  return Buffer.concat([decipher.update(sealed.ciphertext), decipher.final()])
+}
+
+export const sealMaterial = (kek: Buffer, zoneId: string, id: string, material: Material): Sealed => {
   const plaintext = Buffer.from(JSON.stringify(material), "utf8")
   try {
-    const ciphertext = Buffer.concat([cipher.update(plaintext), cipher.final()])
-    return { nonce, ciphertext, tag: cipher.getAuthTag(), kekId: kekIdOf(kek) }
+    return sealBytes(kek, associatedData(zoneId, id), plaintext)
   } finally {
     plaintext.fill(0)
   }
@@ -46,10 +62,7 @@ export const sealMaterial = (kek: Buffer, zoneId: string, id: string, material: 
 
 /** Throws when the KEK, the zone, the id or any byte of the sealed data differs from sealing. */
 export const unsealMaterial = (kek: Buffer, zoneId: string, id: string, sealed: Sealed): Material => {
-  const decipher = createDecipheriv(ALGORITHM, kek, sealed.nonce, { authTagLength: TAG_BYTES })
-  decipher.setAAD(associatedData(zoneId, id))
-  decipher.setAuthTag(sealed.tag)
-  const plaintext = Buffer.concat([decipher.update(sealed.ciphertext), decipher.final()])
+  const plaintext = openBytes(kek, associatedData(zoneId, id), sealed)
   try {
     return JSON.parse(plaintext.toString("utf8")) as Material
   } finally {
