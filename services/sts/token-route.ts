@@ -2,7 +2,7 @@
 // (exchange.ts), its outcome appended to the audit stream — then, and only then, answered.
 // A decision that cannot be recorded is not given: 503, and no token leaves.
 import { Effect } from "effect"
-import { HttpRouter, HttpServerRequest as Req, HttpServerResponse as Res } from "effect/http"
+import { HttpServerRequest as Req, HttpServerResponse as Res } from "effect/http"
 import type { AuditLogShape } from "../../core/audit-log.ts"
 import { RequestId } from "../../core/http/server.ts"
 import type { AuditRecord } from "../../schemas/audit-record.ts"
@@ -30,7 +30,8 @@ const oauthResponse = (e: OAuthError, basic: boolean) => {
 
 const traceIdOf = (traceparent: string | undefined) => /^[\da-f]{2}-([\da-f]{32})-[\da-f]{16}-[\da-f]{2}$/.exec(traceparent ?? "")?.[1] ?? null
 
-export const tokenRoute = (deps: ExchangeDeps, audit: AuditLogShape) => {
+/** The handler of POST /oauth/2/token. */
+export const tokenHandler = (deps: ExchangeDeps, audit: AuditLogShape) => {
   const { exchange } = makeExchange(deps)
   const handle = Effect.fn("sts.token")(function*() {
     const req = yield* Req.HttpServerRequest
@@ -94,5 +95,5 @@ export const tokenRoute = (deps: ExchangeDeps, audit: AuditLogShape) => {
     if ("issued" in outcome) return Res.jsonUnsafe(outcome.issued.body, { status: 200, headers: NO_STORE })
     return oauthResponse(outcome.error, parsed?.basicAuth ?? /^Basic /i.test(req.headers.authorization ?? ""))
   })
-  return HttpRouter.add("POST", "/oauth/2/token", handle())
+  return handle()
 }
