@@ -138,9 +138,12 @@ export const serve = <E, R>(routes: Layer.Layer<never, E, R>, opts: ServeOptions
     HttpServer.addressFormattedWith((address) =>
       Effect.logInfo("listening").pipe(Effect.annotateLogs({ address, tls: opts.tls !== undefined })))
   )
-  const handler = Layer.unwrap(Effect.gen(function*() {
+  // The routes are built before the server listens. Node's server accepts connections from
+  // listen() on, and a request that arrives before the handler is attached has no listener:
+  // it is never answered (a client that connects as soon as the port opens waits forever
+  // while slow route layers — caches, key checks — are still being built).
+  return Layer.unwrap(Effect.gen(function*() {
     const router = yield* HttpRouter.toHttpEffect(app)
-    return HttpServer.serve(withKernel(router, opts))
+    return Layer.merge(HttpServer.serve(withKernel(router, opts)), listening).pipe(Layer.provide(server))
   }))
-  return Layer.merge(handler, listening).pipe(Layer.provide(server))
 }
