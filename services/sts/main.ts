@@ -1,12 +1,15 @@
 // The sts service: configuration, connections, migrations, /health, /ready (Postgres,
 // Redis, OPA), /metrics, its producer (key events), and the internal routes the api calls
 // (sealed credentials, policy checks). The token exchange arrives with its issue.
+import { Layer } from "effect"
 import { Producer, type ProducerDefinition } from "../../core/producer.ts"
 import { runService } from "../../core/service.ts"
 import { httpProbe } from "../../core/http/probe.ts"
 import { stsSpec } from "./config.ts"
 import { events } from "./events.ts"
 import { InternalRoutes, stsErrors } from "./internal.ts"
+import { keyErrors, KeyRoutes } from "./key-routes.ts"
+import { ZoneKeys } from "./keys.ts"
 
 /** The sts's producer: zone key events on caracal:{zone_key}:events. */
 export const stsProducer: ProducerDefinition = { name: "sts", registry: events, streams: (keys) => (e) => [keys.stream(e.aggregateType)] }
@@ -16,8 +19,10 @@ if (import.meta.main) {
     name: "sts",
     spec: stsSpec,
     producer: Producer.layer(stsSpec, stsProducer),
-    routes: InternalRoutes,
-    mapError: stsErrors,
+    // zone keys: one ZoneKeys (one cache) shared by the routes and its background work (same layer, built once)
+    routes: Layer.mergeAll(InternalRoutes, KeyRoutes.pipe(Layer.provide(ZoneKeys.layer))),
+    background: ZoneKeys.background.pipe(Layer.provide(ZoneKeys.layer)),
+    mapError: (e) => stsErrors(e) ?? keyErrors(e),
     // OPA unreachable means every exchange would be denied: the STS is not ready without it
     readyChecksFrom: (vars) => [{ name: "opa", check: httpProbe(`${vars.OPA_URL}/health`) }]
   })
