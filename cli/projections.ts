@@ -9,12 +9,16 @@ import type { EventRegistry } from "../schemas/registry.ts"
 import { principalsProjection } from "../services/coordinator/api-status.ts"
 import { apiProjection } from "../services/api/projection.ts"
 import { coordinatorProjection } from "../services/coordinator/projection.ts"
+import { zoneKeysProjection } from "../services/sts/key-projection.ts"
+import { zonesProjection } from "../services/sts/key-provisioning.ts"
 import { type Out, UsageError } from "./output.ts"
 
 export const projections = new Map<string, PgProjection>([
   [coordinatorProjection.name, coordinatorProjection],
   [principalsProjection.name, principalsProjection],
-  [apiProjection.name, apiProjection]
+  [apiProjection.name, apiProjection],
+  [zoneKeysProjection.name, zoneKeysProjection],
+  [zonesProjection.name, zonesProjection]
 ])
 
 export const findProjection = (name: string, known: ReadonlyMap<string, PgProjection> = projections): PgProjection => {
