@@ -253,12 +253,18 @@ export const makeConsumer = <T = Envelope>(opts: ConsumerOptions<T>): Consumer =
   }
 
   const run = async () => {
-    for (const s of opts.streams) await ensureGroup(opts.redis, s, opts.group)
+    // the groups are created inside the retry loop: Redis unreachable at that moment is retried
+    // like any other failure (outside it, run() rejected and nobody awaited it until shutdown)
+    let grouped = false
     let lastClaim = 0
     // entries this consumer name already holds (a restart under the same name) come first
     let ids = opts.streams.map(() => "0")
     while (!stopped) {
       try {
+        if (!grouped) {
+          for (const s of opts.streams) await ensureGroup(opts.redis, s, opts.group)
+          grouped = true
+        }
         if (Date.now() - lastClaim >= claimIntervalMs) {
           lastClaim = Date.now()
           await claimIdle()
