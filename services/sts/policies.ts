@@ -36,6 +36,24 @@ const packageLine = (name: string, lines: ReadonlyArray<string>): number | Inval
   return i
 }
 
+// `data.caracal.authz` as a whole reference (not `input.data.caracal.authz`, not `…authzx`)
+const OWN_PACKAGE_REF = /(?<![A-Za-z0-9_.])data\.caracal\.authz(?![A-Za-z0-9_])/g
+
+/**
+ * The module moved to package `pkg`: its `package caracal.authz` line rewritten in place (same
+ * line, so OPA's row numbers still point into the caller's text) and every reference to
+ * `data.caracal.authz` pointed at `pkg`, so that a module may still name its own package's
+ * rules. Shared by this check and the sts's policy sync (opa.ts), so that what is checked is
+ * what is served. (A reference spelled `data["caracal"]…` or written inside a string is left as is.)
+ */
+export const rewriteModule = (name: string, text: string, pkg: string): string | InvalidPolicy => {
+  const lines = text.split("\n")
+  const at = packageLine(name, lines)
+  if (at instanceof InvalidPolicy) return at
+  lines[at] = `package ${pkg}`
+  return lines.join("\n").replace(OWN_PACKAGE_REF, `data.${pkg}`)
+}
+
 /** Checks what OPA would accept but the sts cannot use; returns each module rewritten to `pkg`. */
 export const prepareModules = (
   modules: Readonly<Record<string, string>>,
@@ -49,11 +67,9 @@ export const prepareModules = (
     if (Buffer.byteLength(text, "utf8") > MODULE_MAX_BYTES) {
       return new InvalidPolicy({ message: `module ${name} exceeds ${MODULE_MAX_BYTES} bytes` })
     }
-    const lines = text.split("\n")
-    const at = packageLine(name, lines)
-    if (at instanceof InvalidPolicy) return at
-    lines[at] = `package ${pkg}`
-    out.push({ name, text: lines.join("\n") })
+    const rewritten = rewriteModule(name, text, pkg)
+    if (rewritten instanceof InvalidPolicy) return rewritten
+    out.push({ name, text: rewritten })
   }
   // helper modules may leave `result` to a sibling, but the set must define it: the sts asks for it
   if (!entries.some(([, text]) => RESULT_RULE.test(text))) {
