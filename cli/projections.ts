@@ -11,6 +11,7 @@ import { apiProjection } from "../services/api/projection.ts"
 import { coordinatorProjection } from "../services/coordinator/projection.ts"
 import { zoneKeysProjection } from "../services/sts/key-projection.ts"
 import { zonesProjection } from "../services/sts/key-provisioning.ts"
+import { policiesProjection } from "../services/sts/policy-sync.ts"
 import { type Out, UsageError } from "./output.ts"
 
 export const projections = new Map<string, PgProjection>([
@@ -18,7 +19,8 @@ export const projections = new Map<string, PgProjection>([
   [principalsProjection.name, principalsProjection],
   [apiProjection.name, apiProjection],
   [zoneKeysProjection.name, zoneKeysProjection],
-  [zonesProjection.name, zonesProjection]
+  [zonesProjection.name, zonesProjection],
+  [policiesProjection.name, policiesProjection]
 ])
 
 export const findProjection = (name: string, known: ReadonlyMap<string, PgProjection> = projections): PgProjection => {
