@@ -10,6 +10,8 @@ import { events } from "./events.ts"
 import { InternalRoutes, stsErrors } from "./internal.ts"
 import { keyErrors, KeyRoutes } from "./key-routes.ts"
 import { ZoneKeys } from "./keys.ts"
+import { DecideRoutes } from "./policy-engine.ts"
+import { policySyncLayer } from "./policy-sync.ts"
 
 /** The sts's producer: zone key events on caracal:{zone_key}:events. */
 export const stsProducer: ProducerDefinition = { name: "sts", registry: events, streams: (keys) => (e) => [keys.stream(e.aggregateType)] }
@@ -20,8 +22,9 @@ if (import.meta.main) {
     spec: stsSpec,
     producer: Producer.layer(stsSpec, stsProducer),
     // zone keys: one ZoneKeys (one cache) shared by the routes and its background work (same layer, built once)
-    routes: Layer.mergeAll(InternalRoutes, KeyRoutes.pipe(Layer.provide(ZoneKeys.layer))),
-    background: ZoneKeys.background.pipe(Layer.provide(ZoneKeys.layer)),
+    routes: Layer.mergeAll(InternalRoutes, KeyRoutes.pipe(Layer.provide(ZoneKeys.layer)), DecideRoutes),
+    // policy sync: the api's policy events projected (sts-policies), OPA reconciled with them
+    background: Layer.mergeAll(ZoneKeys.background.pipe(Layer.provide(ZoneKeys.layer)), policySyncLayer),
     mapError: (e) => stsErrors(e) ?? keyErrors(e),
     // OPA unreachable means every exchange would be denied: the STS is not ready without it
     readyChecksFrom: (vars) => [{ name: "opa", check: httpProbe(`${vars.OPA_URL}/health`) }]

@@ -1,0 +1,102 @@
+// Policy decisions: `PolicyEngine.decide(zoneId, input)` asks OPA for the zone's
+// `data.caracal.zones.<z>.authz.result` (opa.ts) and reads it fail-closed:
+//   - a zone without an active policy set (policy-sync.ts) → deny `no_active_policy`, OPA not asked;
+//   - an undefined result (nothing loaded yet, or OPA lost it) → deny `no_active_policy`, and the
+//     reconciler is told (it reloads the zone within seconds);
+//   - only an explicit `allow: true` grants; reason = the result's `reason` (else policy_allowed/policy_denied);
+//   - Postgres or OPA unreachable, a non-200 answer (an evaluation error), or no answer within
+//     OPA_TIMEOUT_MS → PolicyUnavailable (the token endpoint answers 503): never an allow.
+// `POST /internal/v1/decide {zone_id, input}` (signed, CONTRACTS.md internal calls) asks the
+// same for operators and tests: 200 {allow, reason, decision_id} or 503 temporarily_unavailable.
+import { Context, Effect, Layer, Metric, Schema } from "effect"
+import { HttpRouter, HttpServerResponse as Res } from "effect/http"
+import type { Kysely } from "kysely"
+import { loadSpec } from "../../core/config/load.ts"
+import { Database } from "../../core/db/database.ts"
+import type { Tables } from "../../core/db/tables.ts"
+import { errorResponse, httpError } from "../../core/http/errors.ts"
+import { requireSignedCall, serviceHmacKeys } from "../../core/internal-call.ts"
+import { RedisClient } from "../../core/redis/redis.ts"
+import { stsSpec } from "./config.ts"
+import { type Decision, decisionPath, makeOpa, newDecisionId, type Opa, PolicyUnavailable, readDecision } from "./opa.ts"
+import { activeSetOf, reportDrift } from "./policy-sync.ts"
+
+export { type Decision, PolicyUnavailable } from "./opa.ts"
+
+const decisions = Metric.counter("caracal_policy_decisions_total", {
+  description: "Policy decisions by outcome (allow, deny, unavailable)",
+  incremental: true
+})
+
+const noActivePolicy = (): Decision => ({ allow: false, reason: "no_active_policy", decisionId: newDecisionId() })
+
+export interface PolicyEngineShape {
+  /** The zone's decision on `input` (any JSON value; the token endpoint sends the object in the README). */
+  readonly decide: (zoneId: string, input: unknown) => Effect.Effect<Decision, PolicyUnavailable>
+}
+
+export const makePolicyEngine = (deps: { readonly db: Kysely<Tables>; readonly opa: Opa; readonly timeoutMs: number }): PolicyEngineShape => {
+  const unavailable = (reason: string) => (cause: unknown) =>
+    Effect.logWarning("policy decision unavailable").pipe(
+      Effect.annotateLogs({ reason, error: String(cause) }),
+      Effect.andThen(Effect.fail(new PolicyUnavailable({ reason })))
+    )
+  const ask = Effect.fn("PolicyEngine.decide")(function*(zoneId: string, input: unknown) {
+    const active = yield* Effect.tryPromise(() => activeSetOf(deps.db, zoneId)).pipe(Effect.catch(unavailable("database")))
+    if (active === undefined) return noActivePolicy()
+    const res = yield* Effect.tryPromise((signal) => deps.opa.evaluate(decisionPath(zoneId), input, signal)).pipe(
+      Effect.catch(unavailable("unreachable"))
+    )
+    if (res.status !== 200) return yield* unavailable(`status ${res.status}`)(JSON.stringify(res.body).slice(0, 500))
+    const decision = readDecision(res.body, newDecisionId)
+    if (decision !== undefined) return decision
+    // the tables name an active set, OPA has nothing for the zone: it lost it, or the push is on its way
+    reportDrift()
+    return noActivePolicy()
+  })
+  return {
+    decide: (zoneId, input) =>
+      ask(zoneId, input).pipe(
+        Effect.timeoutOrElse({
+          duration: `${deps.timeoutMs} millis`,
+          orElse: () => unavailable("timeout")(`no decision within ${deps.timeoutMs} ms`)
+        }),
+        Effect.tap((d) => Metric.update(Metric.withAttributes(decisions, { outcome: d.allow ? "allow" : "deny" }), 1)),
+        Effect.tapError(() => Metric.update(Metric.withAttributes(decisions, { outcome: "unavailable" }), 1))
+      )
+  }
+}
+
+export class PolicyEngine extends Context.Service<PolicyEngine, PolicyEngineShape>()("caracal/sts/PolicyEngine") {
+  /** Reads OPA_URL and OPA_TIMEOUT_MS; needs the Database. */
+  static readonly layer = Layer.effect(PolicyEngine, Effect.gen(function*() {
+    const vars = yield* loadSpec(stsSpec)
+    const database = yield* Database
+    return PolicyEngine.of(makePolicyEngine({ db: database.db, opa: makeOpa(vars.OPA_URL), timeoutMs: vars.OPA_TIMEOUT_MS }))
+  }))
+}
+
+const DecideBody = Schema.Struct({
+  zone_id: Schema.String.pipe(Schema.check(Schema.isPattern(/^[A-Za-z0-9._:-]{1,128}$/u))),
+  input: Schema.Record(Schema.String, Schema.Unknown)
+})
+
+/** POST /internal/v1/decide: the zone's decision on an input, behind the signed-call guard. */
+export const DecideRoutes = HttpRouter.use((router) =>
+  Effect.gen(function*() {
+    const vars = yield* loadSpec(stsSpec)
+    const redis = yield* RedisClient
+    const engine = yield* PolicyEngine
+    const signed = requireSignedCall(serviceHmacKeys(vars)).pipe(Effect.provideService(RedisClient, redis))
+    yield* router.add("POST", "/internal/v1/decide", Effect.gen(function*() {
+      const text = yield* signed
+      const json = yield* Effect.try({ try: () => JSON.parse(text) as unknown, catch: () => httpError(400, "invalid_request", "the body must be JSON") })
+      const body = yield* Schema.decodeUnknownEffect(DecideBody)(json)
+      return yield* engine.decide(body.zone_id, body.input).pipe(
+        Effect.map((d) => Res.jsonUnsafe({ allow: d.allow, reason: d.reason, decision_id: d.decisionId })),
+        Effect.catchTag("PolicyUnavailable", () =>
+          Effect.succeed(errorResponse(503, "temporarily_unavailable", "the policy engine cannot decide now")))
+      )
+    }))
+  })
+).pipe(Layer.provide(PolicyEngine.layer))
