@@ -355,8 +355,8 @@ export class MemoryProjectionRunner<S> {
     if (event.sequence <= cp) return "duplicate"
     if (event.sequence > cp + 1) {
       for (const row of await loadAggregateEvents(this.db, event.aggregate, cp, event.sequence - 1)) {
-        const missing = upcastRow(this.registry, row)
-        if (this.projection.handles.has(missing.type)) await this.projection.apply(this.state, missing)
+        // decoded only when handled: the log holds other services' events too, which this registry need not know
+        if (this.projection.handles.has(row.type)) await this.projection.apply(this.state, upcastRow(this.registry, row))
       }
     }
     if (this.projection.handles.has(event.type)) await this.projection.apply(this.state, event)
@@ -364,11 +364,21 @@ export class MemoryProjectionRunner<S> {
     return "applied"
   }
 
+  /** A row of the log: applied when handled; otherwise only its checkpoint moves (it is never decoded). */
+  private async applyRow(row: EventRow): Promise<void> {
+    if (this.projection.handles.has(row.type)) {
+      await this.apply(upcastRow(this.registry, row))
+      return
+    }
+    const key = `${row.aggregate_type}\u0000${row.aggregate_id}`
+    if (row.sequence > (this.checkpoints.get(key) ?? 0)) this.checkpoints.set(key, row.sequence)
+  }
+
   /** Read-your-writes: applies what the log has of this aggregate beyond its checkpoint. */
   async refresh(aggregate: { readonly type: string; readonly id: string }): Promise<number> {
     const key = `${aggregate.type}\u0000${aggregate.id}`
     const rows = await loadAggregateEvents(this.db, aggregate, this.checkpoints.get(key) ?? 0)
-    for (const row of rows) await this.apply(upcastRow(this.registry, row))
+    for (const row of rows) await this.applyRow(row)
     return rows.length
   }
 
@@ -382,7 +392,7 @@ export class MemoryProjectionRunner<S> {
         continue
       }
       verifyRows(verifier, rows)
-      for (const row of rows) await this.apply(upcastRow(this.registry, row))
+      for (const row of rows) await this.applyRow(row)
       this.cursor = cursorOf(rows[rows.length - 1]!)
       n += rows.length
     }

@@ -1,7 +1,7 @@
 // The sts service: configuration, connections, migrations, /health, /ready (Postgres,
 // Redis, OPA), /metrics, its producer (key events), and the internal routes the api calls
 // (sealed credentials, policy checks). The token exchange arrives with its issue.
-import { Layer } from "effect"
+import { Effect, Layer } from "effect"
 import { Producer, type ProducerDefinition } from "../../core/producer.ts"
 import { runService } from "../../core/service.ts"
 import { httpProbe } from "../../core/http/probe.ts"
@@ -10,8 +10,14 @@ import { events } from "./events.ts"
 import { InternalRoutes, stsErrors } from "./internal.ts"
 import { keyErrors, KeyRoutes } from "./key-routes.ts"
 import { ZoneKeys } from "./keys.ts"
-import { DecideRoutes } from "./policy-engine.ts"
+import { DirectoryConsumer, StsAuditLog, StsDirectory, tokenRoutesWith } from "./token-layer.ts"
+import { DecideRoutes, PolicyEngine } from "./policy-engine.ts"
 import { policySyncLayer } from "./policy-sync.ts"
+
+// the token endpoint: the zone keys and directory are the same instances the background work keeps current
+const TokenRoutes = tokenRoutesWith(Effect.service(ZoneKeys), Effect.service(PolicyEngine)).pipe(
+  Layer.provide([ZoneKeys.layer, PolicyEngine.layer, StsDirectory.layer, StsAuditLog])
+)
 
 /** The sts's producer: zone key events on caracal:{zone_key}:events. */
 export const stsProducer: ProducerDefinition = { name: "sts", registry: events, streams: (keys) => (e) => [keys.stream(e.aggregateType)] }
@@ -22,9 +28,13 @@ if (import.meta.main) {
     spec: stsSpec,
     producer: Producer.layer(stsSpec, stsProducer),
     // zone keys: one ZoneKeys (one cache) shared by the routes and its background work (same layer, built once)
-    routes: Layer.mergeAll(InternalRoutes, KeyRoutes.pipe(Layer.provide(ZoneKeys.layer)), DecideRoutes),
+    routes: Layer.mergeAll(InternalRoutes, KeyRoutes.pipe(Layer.provide(ZoneKeys.layer)), DecideRoutes, TokenRoutes),
     // policy sync: the api's policy events projected (sts-policies), OPA reconciled with them
-    background: Layer.mergeAll(ZoneKeys.background.pipe(Layer.provide(ZoneKeys.layer)), policySyncLayer),
+    background: Layer.mergeAll(
+      ZoneKeys.background.pipe(Layer.provide(ZoneKeys.layer)),
+      policySyncLayer,
+      DirectoryConsumer.pipe(Layer.provide(StsDirectory.layer))
+    ),
     mapError: (e) => stsErrors(e) ?? keyErrors(e),
     // OPA unreachable means every exchange would be denied: the STS is not ready without it
     readyChecksFrom: (vars) => [{ name: "opa", check: httpProbe(`${vars.OPA_URL}/health`) }]

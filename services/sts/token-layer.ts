@@ -14,8 +14,9 @@ import { events as apiRegistry } from "../api/events.ts"
 import { stsSpec } from "./config.ts"
 import { makeCoordinatorView } from "./coordinator-view.ts"
 import { DIRECTORY_TYPES, type Directory, makeDirectory } from "./directory.ts"
-import type { ExchangeDeps } from "./exchange.ts"
-import { tokenHandler } from "./token-route.ts"
+import type { JWK } from "jose"
+import type { Decision, ExchangeDeps, SigningKey as ExchangeSigningKey } from "./exchange.ts"
+import { PolicyUnavailableError, tokenHandler } from "./token-route.ts"
 
 export type StsVars = Loaded<typeof stsSpec>["vars"]
 
@@ -91,3 +92,25 @@ export const tokenRoutes = (parts: Effect.Effect<TokenParts, never, any>) =>
       }
       yield* router.add("POST", "/oauth/2/token", tokenHandler(deps, audit))
     }))
+
+/** The token endpoint with the zone keys and the policy engine it signs and decides with. */
+export const tokenRoutesWith = <K, P>(
+  keys: Effect.Effect<{ readonly signingKeyOrProvision: (z: string) => Effect.Effect<ExchangeSigningKey | undefined, unknown>; readonly jwks: (z: string) => Effect.Effect<ReadonlyArray<JWK>, unknown> }, never, K>,
+  policy: Effect.Effect<{ readonly decide: (z: string, input: unknown) => Effect.Effect<Decision, unknown> }, never, P>
+) =>
+  tokenRoutes(Effect.gen(function*() {
+    const k = yield* keys
+    const p = yield* policy
+    // the exchange is plain async code: each dependency's failure becomes the error it answers with
+    const run = async <A>(effect: Effect.Effect<A, unknown>, onFailure: (cause: unknown) => Error): Promise<A> => {
+      const exit = await Effect.runPromiseExit(effect)
+      if (exit._tag === "Success") return exit.value
+      throw onFailure(exit.cause)
+    }
+    const unavailable = (what: string) => (cause: unknown) => new Error(`${what}: ${String(cause)}`)
+    return {
+      signingKey: (z: string) => run(k.signingKeyOrProvision(z), unavailable("zone key")),
+      publishedKeys: (z: string) => run(k.jwks(z), unavailable("zone keys")),
+      decide: (z: string, input: unknown) => run(p.decide(z, input), () => new PolicyUnavailableError("policy engine"))
+    } satisfies TokenParts
+  }))

@@ -132,7 +132,8 @@ describe("when the api creates a zone", () => {
     zone = await createZone(`keys-${randomBytes(3).toString("hex")}`)
     await waitFor(async () => (await q("select 1 from sts_zone_keys where zone_id = $1", [zone])).length > 0, 30_000, 100)
     console.log(`zone key provisioned ${Date.now() - started} ms after POST /v1/zones`)
-    expect((await q("select provisioned_at from sts_zone_key_provisioning where zone_id = $1", [zone]))[0]?.provisioned_at).not.toBeNull()
+    // the ticker notes the provisioning in a statement after the key's own: wait for it too
+    await waitFor(async () => (await q("select provisioned_at from sts_zone_key_provisioning where zone_id = $1", [zone]))[0]?.provisioned_at != null, 30_000, 100)
 
     const jwks = await jwksOf(h.sts.url, zone)
     expect(jwks.status).toBe(200)
