@@ -37,6 +37,7 @@ const baseEnv = () => ({
   REDIS_URL: stackEnv().REDIS_URL,
   REDIS_KEY_PREFIX: redis.keys.prefix,
   INSECURE_HTTP: "true",
+  ISSUER_URL: "http://sts.test",
   ZONE_KEK: kek.toString("hex"),
   OPA_URL: stackEnv().OPA_URL,
   SERVICE_HMAC_KEY: hmacKey.toString("hex"),
