@@ -9,7 +9,11 @@ import { type AuditRecord, AuditRecord as AuditRecordSchema } from "../schemas/a
 import type { Keys } from "./redis/keys.ts"
 import { sign, type SigningKey } from "./signing.ts"
 
-export class AuditUnavailable extends Schema.TaggedError<AuditUnavailable>()("AuditUnavailable", { cause: Schema.Defect() }) {}
+export class AuditUnavailable extends Schema.TaggedError<AuditUnavailable>()("AuditUnavailable", { cause: Schema.Defect() }) {
+  override get message() {
+    return "AUDIT_STREAM_URL: the audit stream is unreachable"
+  }
+}
 
 /** How long an append may take before the request is refused. */
 const APPEND_TIMEOUT_MS = 2000

@@ -3,20 +3,20 @@
 // sts-policies, consumer group shared by two sts replicas), and decisions are asked through
 // the signed POST /internal/v1/decide. OPA faults run on a private OPA (its own port), read
 // by a third sts over the same database: stopped, frozen, restarted empty.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process"
-import { existsSync } from "node:fs"
-import path from "node:path"
 import { randomBytes } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { internalCall } from "../../core/internal-call.ts"
 import {
   emptyDatabase,
   freePort,
+  type PrivateOpa,
   redisPrefix,
   runScript,
   type RunningService,
   stackEnv,
+  startOpa,
   startService,
+  stopOpa,
   type TestDatabase,
   waitFor
 } from "../../core/testing/index.ts"
@@ -53,45 +53,6 @@ const stsEnv = (over: Record<string, string> = {}) => ({
 })
 
 // ---------------------------------------------------------------- a private OPA
-
-const opaBinary = (): string => {
-  for (const dir of (process.env.PATH ?? "").split(":")) if (dir && existsSync(path.join(dir, "opa"))) return path.join(dir, "opa")
-  try {
-    const gopath = execFileSync("go", ["env", "GOPATH"], { encoding: "utf8" }).trim()
-    if (existsSync(path.join(gopath, "bin/opa"))) return path.join(gopath, "bin/opa")
-  } catch {
-    // no go on the PATH: try the usual place
-  }
-  return path.join(process.env.HOME ?? "/root", "go/bin/opa")
-}
-
-interface PrivateOpa {
-  readonly url: string
-  readonly port: number
-  child: ChildProcess
-}
-
-const opaHealthy = async (url: string) => {
-  try {
-    return (await fetch(`${url}/health`, { signal: AbortSignal.timeout(1_000) })).status === 200
-  } catch {
-    return false
-  }
-}
-
-const startOpa = async (port: number): Promise<PrivateOpa> => {
-  const child = spawn(opaBinary(), ["run", "--server", "--addr", `127.0.0.1:${port}`, "--log-level", "error"], { stdio: "ignore" })
-  const url = `http://127.0.0.1:${port}`
-  await waitFor(() => opaHealthy(url), 30_000)
-  return { url, port, child }
-}
-
-const stopOpa = async (opa: PrivateOpa) => {
-  if (opa.child.exitCode !== null || opa.child.signalCode !== null) return
-  const exited = new Promise((r) => opa.child.once("exit", r))
-  opa.child.kill("SIGKILL")
-  await exited
-}
 
 let privateOpa: PrivateOpa | undefined
 
