@@ -2,7 +2,7 @@
 // request ids, body limits, JSON errors, access logs, metrics, /health, /ready, /metrics
 // and graceful shutdown (in-flight requests finish; new connections are refused).
 import { NodeHttpServer } from "@effect/platform-node"
-import { ByteSize, Cause, Context, Effect, Layer, Metric } from "effect"
+import { ByteSize, Cause, Context, Effect, Layer, Metric, Scope } from "effect"
 import { HttpRouter, HttpServer, HttpServerRequest as Req, HttpServerResponse as Res } from "effect/http"
 import { HttpIncomingMessage } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
@@ -142,8 +142,24 @@ export const serve = <E, R>(routes: Layer.Layer<never, E, R>, opts: ServeOptions
   // listen() on, and a request that arrives before the handler is attached has no listener:
   // it is never answered (a client that connects as soon as the port opens waits forever
   // while slow route layers — caches, key checks — are still being built).
+  //
+  // Built with the service's own memo map, not a fork of it (HttpRouter.toHttpEffect forks it,
+  // and a fork's entries are invisible to its parent): a layer that the routes and the
+  // background work both name — a cache, an in-memory projection and the consumer that feeds
+  // it — is then one instance. With a fork the routes got a second, unfed copy of each.
   return Layer.unwrap(Effect.gen(function*() {
-    const router = yield* HttpRouter.toHttpEffect(app)
+    const router = yield* toSharedHttpEffect(app)
     return Layer.merge(HttpServer.serve(withKernel(router, opts)), listening).pipe(Layer.provide(server))
   }))
 }
+
+/** HttpRouter.toHttpEffect, built with the current memo map instead of a fork of it; the router itself is fresh. */
+const toSharedHttpEffect = <A, E, R>(appLayer: Layer.Layer<A, E, R>): ReturnType<typeof HttpRouter.toHttpEffect<A, E, R>> =>
+  Effect.contextWith((context: Context.Context<never>) => {
+    const scope = Context.get(context as Context.Context<Scope.Scope>, Scope.Scope)
+    const memoMap = Context.getOrUndefined(context, Layer.CurrentMemoMap) ?? Layer.makeMemoMapUnsafe()
+    return Effect.map(
+      Layer.buildWithMemoMap(Layer.provideMerge(appLayer, Layer.fresh(HttpRouter.layer)), memoMap, scope),
+      (built) => Context.get(built, HttpRouter.HttpRouter).asHttpEffect()
+    )
+  }) as unknown as ReturnType<typeof HttpRouter.toHttpEffect<A, E, R>>
