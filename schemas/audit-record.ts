@@ -28,7 +28,9 @@ export const AuditRecord = Schema.Struct({
   latency_ms: Schema.NullOr(Schema.Number),
   occurred_at: Schema.String.pipe(Schema.check(Schema.isPattern(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/u))),
   /** The policy engine's decision id, when one was asked. */
-  decision_id: Schema.optionalKey(Opt(128))
+  decision_id: Schema.optionalKey(Opt(128)),
+  /** The upstream credential a `credential_release` is about (its id: never its material). */
+  credential_id: Schema.optionalKey(Opt(128))
 })
 export type AuditRecord = typeof AuditRecord.Type
 

@@ -4,6 +4,11 @@
 // ciphertext copied to another row, or a row moved to another zone, fails to open instead of
 // serving one zone's secret to another. The material never appears in a response or a log:
 // validation messages describe its shape, never its content.
+//
+// ZONE_KEK rotation: a row records the id of the KEK that sealed it, so one sealed under a
+// key now in ZONE_KEK_PREVIOUS still opens; it is re-sealed under ZONE_KEK when opened and,
+// for every row, in the background at start (a compare-and-set on kek_id, so two replicas
+// re-sealing the same row both leave a row that opens).
 import { Effect, Schema } from "effect"
 import { sql } from "kysely"
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto"
@@ -21,6 +26,20 @@ const TAG_BYTES = 16
 
 /** Names the KEK a row was sealed under (the first 16 hex of its sha256), so a rotated KEK is recognised. */
 export const kekIdOf = (kek: Buffer): string => createHash("sha256").update(kek).digest("hex").slice(0, 16)
+
+/** ZONE_KEK and the previous KEKs, by the id a sealed row records (zone keys and credentials alike). */
+export interface Keks {
+  readonly current: Buffer
+  readonly currentId: string
+  readonly byId: ReadonlyMap<string, Buffer>
+}
+
+export const makeKeks = (current: Buffer, previous: ReadonlyArray<Buffer>): Keks => {
+  const byId = new Map<string, Buffer>()
+  for (const k of previous) byId.set(kekIdOf(k), k)
+  byId.set(kekIdOf(current), current)
+  return { current, currentId: kekIdOf(current), byId }
+}
 
 const associatedData = (zoneId: string, id: string) => Buffer.from(`caracal:credential:v1\n${zoneId}\n${id}`, "utf8")
 
@@ -83,6 +102,16 @@ export interface OpenedCredential {
   readonly material: Material
 }
 
+/** A stored credential as read, still sealed. */
+export interface SealedCredential {
+  readonly id: string
+  readonly zoneId: string
+  readonly providerId: string
+  readonly sealed: Sealed
+  /** revoked_at is set, or the log holds its CredentialRevoked (read-your-writes: the api's DELETE counts at once). */
+  readonly revoked: boolean
+}
+
 interface CredentialRow {
   readonly id: string
   readonly zone_id: string
@@ -92,31 +121,136 @@ interface CredentialRow {
   readonly tag: Buffer
   readonly kek_id: string
   readonly revoked_at: Date | null
+  readonly revoked_in_log: boolean
 }
 
-/** Reads and opens a credential (for its release to the gateway). */
+/**
+ * Reads a sealed credential. Its revocation is read from the log in the same statement (the
+ * events index on aggregate and sequence), and copied into revoked_at the first time it is seen.
+ */
+export const readCredential = (database: DatabaseShape, id: string): Effect.Effect<SealedCredential | undefined, DbError> =>
+  Effect.gen(function*() {
+    const { rows } = yield* database.query((db) =>
+      sql<CredentialRow>`
+        select c.id, c.zone_id, c.provider_id, c.nonce, c.ciphertext, c.tag, c.kek_id, c.revoked_at,
+          exists (select 1 from events e where e.aggregate_type = 'credential' and e.aggregate_id = c.id
+            and e.type = 'CredentialRevoked') as revoked_in_log
+        from sts_credentials c where c.id = ${id}`.execute(db)
+    )
+    const row = rows[0]
+    if (row === undefined) return undefined
+    if (row.revoked_at === null && row.revoked_in_log) {
+      yield* database.query((db) => sql`update sts_credentials set revoked_at = now() where id = ${id} and revoked_at is null`.execute(db))
+    }
+    return {
+      id: row.id,
+      zoneId: row.zone_id,
+      providerId: row.provider_id,
+      sealed: { nonce: row.nonce, ciphertext: row.ciphertext, tag: row.tag, kekId: row.kek_id },
+      revoked: row.revoked_at !== null || row.revoked_in_log
+    }
+  })
+
+const keksOf = (keks: Keks | Buffer): Keks => (Buffer.isBuffer(keks) ? makeKeks(keks, []) : keks)
+
+/** The row sealed again under ZONE_KEK, unless another writer changed it first (compare-and-set on kek_id). */
+const resealRow = (database: DatabaseShape, keks: Keks, c: SealedCredential, material: Material) =>
+  Effect.gen(function*() {
+    const sealed = sealMaterial(keks.current, c.zoneId, c.id, material)
+    const r = yield* database.query((db) =>
+      sql`update sts_credentials set kek_id = ${sealed.kekId}, nonce = ${sealed.nonce}, ciphertext = ${sealed.ciphertext}, tag = ${sealed.tag}
+        where id = ${c.id} and kek_id = ${c.sealed.kekId}`.execute(db)
+    )
+    return Number(r.numAffectedRows ?? 0n)
+  })
+
+/**
+ * Opens a sealed credential with the KEK that sealed it (ZONE_KEK or one of ZONE_KEK_PREVIOUS);
+ * one sealed under a previous KEK is re-sealed under ZONE_KEK (a failed re-seal is logged, and
+ * the material is still answered: the background re-seal tries again at the next start).
+ */
+export const openSealed = (database: DatabaseShape, keks: Keks, c: SealedCredential): Effect.Effect<Material, CredentialUnavailable> =>
+  Effect.gen(function*() {
+    const kek = keks.byId.get(c.sealed.kekId)
+    // sealed under a KEK this sts does not hold (dropped from ZONE_KEK_PREVIOUS too soon), or altered: never served
+    if (kek === undefined) return yield* new CredentialUnavailable({ id: c.id, reason: "unsealable" })
+    const material = yield* Effect.try({
+      try: () => unsealMaterial(kek, c.zoneId, c.id, c.sealed),
+      catch: () => new CredentialUnavailable({ id: c.id, reason: "unsealable" })
+    })
+    if (c.sealed.kekId !== keks.currentId) {
+      yield* resealRow(database, keks, c, material).pipe(
+        Effect.catchCause((cause) =>
+          Effect.logWarning("credential re-seal failed").pipe(Effect.annotateLogs({ credential_id: c.id, cause: String(cause) }))
+        )
+      )
+    }
+    return material
+  })
+
+/** Reads and opens a credential: with `keks` (or one KEK), ZONE_KEK and the previous KEKs. */
 export const openCredential = (
   database: DatabaseShape,
-  kek: Buffer,
+  keks: Keks | Buffer,
   id: string
 ): Effect.Effect<OpenedCredential, CredentialUnavailable | DbError> =>
   Effect.gen(function*() {
-    const rows = yield* database.query((db) =>
-      sql<CredentialRow>`
-        select id, zone_id, provider_id, nonce, ciphertext, tag, kek_id, revoked_at
-        from sts_credentials where id = ${id}`.execute(db)
-    )
-    const row = rows.rows[0]
-    if (row === undefined) return yield* new CredentialUnavailable({ id, reason: "not_found" })
-    if (row.revoked_at !== null) return yield* new CredentialUnavailable({ id, reason: "revoked" })
-    // sealed under another KEK (rotated without re-sealing) or altered: never served
-    if (row.kek_id !== kekIdOf(kek)) return yield* new CredentialUnavailable({ id, reason: "unsealable" })
-    const material = yield* Effect.try({
-      try: () => unsealMaterial(kek, row.zone_id, row.id, { nonce: row.nonce, ciphertext: row.ciphertext, tag: row.tag, kekId: row.kek_id }),
-      catch: () => new CredentialUnavailable({ id, reason: "unsealable" })
-    })
-    return { id: row.id, zoneId: row.zone_id, providerId: row.provider_id, material }
+    const c = yield* readCredential(database, id)
+    if (c === undefined) return yield* new CredentialUnavailable({ id, reason: "not_found" })
+    if (c.revoked) return yield* new CredentialUnavailable({ id, reason: "revoked" })
+    const material = yield* openSealed(database, keksOf(keks), c)
+    return { id: c.id, zoneId: c.zoneId, providerId: c.providerId, material }
   })
+
+/**
+ * Re-seals every credential of a previous KEK under ZONE_KEK (at start, in the background);
+ * answers how many moved and how many would not open (those stay as they are, and are refused).
+ */
+export const resealCredentials = (database: DatabaseShape, keks: Keks): Effect.Effect<{ readonly resealed: number; readonly failed: number }, DbError> =>
+  Effect.gen(function*() {
+    let resealed = 0
+    let failed = 0
+    for (const oldId of [...keks.byId.keys()].filter((k) => k !== keks.currentId)) {
+      let after = ""
+      for (;;) {
+        const { rows } = yield* database.query((db) =>
+          sql<{ id: string; zone_id: string; provider_id: string; nonce: Buffer; ciphertext: Buffer; tag: Buffer }>`
+            select id, zone_id, provider_id, nonce, ciphertext, tag from sts_credentials
+            where kek_id = ${oldId} and id > ${after} order by id limit 100`.execute(db)
+        )
+        if (rows.length === 0) break
+        for (const row of rows) {
+          after = row.id
+          const c: SealedCredential = {
+            id: row.id,
+            zoneId: row.zone_id,
+            providerId: row.provider_id,
+            sealed: { nonce: row.nonce, ciphertext: row.ciphertext, tag: row.tag, kekId: oldId },
+            revoked: false
+          }
+          let material: Material
+          try {
+            material = unsealMaterial(keks.byId.get(oldId)!, c.zoneId, c.id, c.sealed)
+          } catch {
+            failed++
+            continue
+          }
+          resealed += yield* resealRow(database, keks, c, material)
+        }
+      }
+    }
+    return { resealed, failed }
+  })
+
+/** How many credentials are sealed under a KEK that is neither ZONE_KEK nor in ZONE_KEK_PREVIOUS. */
+export const credentialsUnderUnknownKeks = (database: DatabaseShape, keks: Keks): Effect.Effect<number, DbError> =>
+  Effect.map(
+    database.query((db) =>
+      sql<{ n: number }>`select count(*)::int as n from sts_credentials
+        where revoked_at is null and not (kek_id = any(${[...keks.byId.keys()]}::text[]))`.execute(db)
+    ),
+    (r) => r.rows[0]?.n ?? 0
+  )
 
 // ---- POST /internal/v1/credentials -----------------------------------------------------
 

@@ -1,9 +1,10 @@
 // What the sts knows of the api's world — zones, applications (with their secret
-// verifiers and allowed scopes), resources, bindings and grants — as an in-memory
+// verifiers and allowed scopes), resources, providers, credentials (references: the
+// material is sealed in sts_credentials), bindings and grants — as an in-memory
 // projection every replica keeps (the token endpoint reads it on every exchange, so it
-// must answer in microseconds). It catches up from the log at start and follows the api's
-// streams; a miss is answered from the log before refusing (read-your-writes: create an
-// application, exchange at once).
+// must answer in microseconds; the credential release reads it too). It catches up from
+// the log at start and follows the api's streams; a miss is answered from the log before
+// refusing (read-your-writes: create an application, exchange at once).
 import { sql, type Kysely } from "kysely"
 import type { Tables } from "../../core/db/tables.ts"
 import { MemoryProjectionRunner, type Projection } from "../../core/projection.ts"
@@ -12,8 +13,10 @@ import {
   apiAggregates,
   type ApplicationRecord,
   type BindingRecord,
+  type CredentialRecord,
   events as apiRegistry,
   type GrantRecord,
+  type ProviderRecord,
   type ResourceRecord
 } from "../api/events.ts"
 
@@ -28,6 +31,8 @@ export interface DirectoryState {
   readonly zones: Map<string, Entry<unknown>>
   readonly applications: Map<string, Entry<ApplicationRecord>>
   readonly resources: Map<string, Entry<ResourceRecord>>
+  readonly providers: Map<string, Entry<ProviderRecord>>
+  readonly credentials: Map<string, Entry<CredentialRecord>>
   readonly bindings: Map<string, Entry<BindingRecord>>
   readonly grants: Map<string, Entry<GrantRecord>>
   /** zone \0 identifier → resource id (live resources only). */
@@ -38,8 +43,8 @@ export interface DirectoryState {
   readonly grantIds: Map<string, string>
 }
 
-const TYPES = ["zone", "application", "resource", "binding", "grant"] as const
-type DirectoryType = (typeof TYPES)[number]
+const TYPES = ["zone", "application", "resource", "provider", "credential", "binding", "grant"] as const
+export type DirectoryType = (typeof TYPES)[number]
 
 const key = (...parts: ReadonlyArray<string>) => parts.join("\u0000")
 
@@ -53,6 +58,8 @@ export const emptyDirectory = (): DirectoryState => ({
   zones: new Map(),
   applications: new Map(),
   resources: new Map(),
+  providers: new Map(),
+  credentials: new Map(),
   bindings: new Map(),
   grants: new Map(),
   resourceIds: new Map(),
@@ -60,8 +67,17 @@ export const emptyDirectory = (): DirectoryState => ({
   grantIds: new Map()
 })
 
-const mapOf = (s: DirectoryState, t: DirectoryType): Map<string, Entry<any>> =>
-  t === "zone" ? s.zones : t === "application" ? s.applications : t === "resource" ? s.resources : t === "binding" ? s.bindings : s.grants
+const MAPS = {
+  zone: "zones",
+  application: "applications",
+  resource: "resources",
+  provider: "providers",
+  credential: "credentials",
+  binding: "bindings",
+  grant: "grants"
+} as const satisfies Record<DirectoryType, keyof DirectoryState>
+
+const mapOf = (s: DirectoryState, t: DirectoryType): Map<string, Entry<any>> => s[MAPS[t]] as Map<string, Entry<any>>
 
 /** The secondary index entry of a record, if its type has one. */
 const indexOf = (s: DirectoryState, t: DirectoryType, e: Entry<any>): [Map<string, string>, string] | undefined => {
@@ -109,8 +125,16 @@ export interface Directory {
   readonly zone: (zoneId: string) => Promise<Entry<unknown> | undefined>
   readonly application: (zoneId: string, id: string) => Promise<Entry<ApplicationRecord> | undefined>
   readonly resource: (zoneId: string, identifier: string) => Promise<Entry<ResourceRecord> | undefined>
+  readonly provider: (zoneId: string, id: string) => Promise<Entry<ProviderRecord> | undefined>
+  /** A credential's reference (provider, name); `live` false once CredentialRevoked. */
+  readonly credential: (zoneId: string, id: string) => Promise<Entry<CredentialRecord> | undefined>
   readonly binding: (zoneId: string, applicationId: string, resourceId: string) => Promise<Entry<BindingRecord> | undefined>
   readonly grant: (zoneId: string, applicationId: string, userId: string, resourceId: string) => Promise<Entry<GrantRecord> | undefined>
+  /**
+   * Applies what the log holds of one aggregate beyond what the projection has seen: for a
+   * hit that must not be stale (a revocation the stream has not delivered yet).
+   */
+  readonly refresh: (type: DirectoryType, id: string) => Promise<void>
 }
 
 export const makeDirectory = (db: Kysely<Tables>): Directory => {
@@ -143,6 +167,8 @@ export const makeDirectory = (db: Kysely<Tables>): Directory => {
     runner,
     zone: (zoneId) => byId<unknown>("zone")(zoneId, zoneId),
     application: byId<ApplicationRecord>("application"),
+    provider: byId<ProviderRecord>("provider"),
+    credential: byId<CredentialRecord>("credential"),
     resource: (zoneId, identifier) =>
       byIndex<ResourceRecord>("resource", s.resourceIds, key(zoneId, identifier), () => logIds("resource", zoneId, { identifier }))(),
     binding: (zoneId, applicationId, resourceId) =>
@@ -150,6 +176,7 @@ export const makeDirectory = (db: Kysely<Tables>): Directory => {
         logIds("binding", zoneId, { applicationId, resourceId }))(),
     grant: (zoneId, applicationId, userId, resourceId) =>
       byIndex<GrantRecord>("grant", s.grantIds, key(zoneId, applicationId, userId, resourceId), () =>
-        logIds("grant", zoneId, { applicationId, userId, resourceId }))()
+        logIds("grant", zoneId, { applicationId, userId, resourceId }))(),
+    refresh: (type, id) => refresh(type, [id])
   }
 }

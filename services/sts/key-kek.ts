@@ -10,14 +10,26 @@
 //
 // Rows sealed under a previous KEK are re-sealed under ZONE_KEK in the background (a
 // compare-and-set on kek_id, so two replicas re-sealing at once both leave a valid row).
-import { Effect } from "effect"
+import { Effect, Redacted } from "effect"
 import { type Kysely, sql } from "kysely"
 import type { Tables } from "../../core/db/tables.ts"
 import { ConfigInvalid } from "../../core/config/load.ts"
 import { DbError } from "../../core/db/database.ts"
-import { type Keks, openSecret, resealSecret, type SecretRow } from "./key-store.ts"
+import { type Keks, makeKeks, openSecret, resealSecret, type SecretRow } from "./key-store.ts"
 
 const SAMPLE = 8
+
+/** ZONE_KEK and ZONE_KEK_PREVIOUS as Keks: what the zone keys and the credentials open with. */
+export const keksFrom = (vars: {
+  readonly ZONE_KEK: Redacted.Redacted<Buffer>
+  readonly ZONE_KEK_PREVIOUS: Redacted.Redacted<ReadonlyArray<Buffer>> | undefined
+}): Effect.Effect<Keks, ConfigInvalid> => {
+  const previous = vars.ZONE_KEK_PREVIOUS === undefined ? [] : Redacted.value(vars.ZONE_KEK_PREVIOUS)
+  if (previous.some((k) => k.length !== 32)) {
+    return Effect.fail(new ConfigInvalid({ variable: "ZONE_KEK_PREVIOUS", rule: "each key must be 64 hex chars (32 bytes, AES-256)" }))
+  }
+  return Effect.succeed(makeKeks(Redacted.value(vars.ZONE_KEK), previous))
+}
 
 const query = <A>(f: () => Promise<A>) => Effect.tryPromise({ try: f, catch: (cause) => new DbError({ cause }) })
 

@@ -9,7 +9,7 @@ import { calculateJwkThumbprint, exportJWK } from "jose"
 import { type Kysely, sql } from "kysely"
 import type { Tables } from "../../core/db/tables.ts"
 import type { RowChange } from "../../core/row-changes.ts"
-import { kekIdOf, openBytes, type Sealed, sealBytes } from "./credentials.ts"
+import { type Keks, openBytes, type Sealed, sealBytes } from "./credentials.ts"
 import type { NewKey, PublicJwk } from "./key-ring.ts"
 
 const generateEcKeyPair = promisify(generateKeyPair)
@@ -29,19 +29,8 @@ export const generateZoneKey = async (): Promise<GeneratedKey> => {
   return { kid, publicJwk, pkcs8: privateKey.export({ format: "der", type: "pkcs8" }) }
 }
 
-/** ZONE_KEK and the previous KEKs, by the id a sealed row records. */
-export interface Keks {
-  readonly current: Buffer
-  readonly currentId: string
-  readonly byId: ReadonlyMap<string, Buffer>
-}
-
-export const makeKeks = (current: Buffer, previous: ReadonlyArray<Buffer>): Keks => {
-  const byId = new Map<string, Buffer>()
-  for (const k of previous) byId.set(kekIdOf(k), k)
-  byId.set(kekIdOf(current), current)
-  return { current, currentId: kekIdOf(current), byId }
-}
+/** ZONE_KEK and the previous KEKs (defined with the sealing, which credentials share). */
+export { type Keks, makeKeks } from "./credentials.ts"
 
 const associatedData = (zoneId: string, kid: string) => Buffer.from(`caracal:zone-key:v1\n${zoneId}\n${kid}`, "utf8")
 

@@ -16,7 +16,7 @@
 //     so a slow ticker never leaves an overdue key signing.
 // An eviction that arrives while a load is running cancels that load's entry (a load started
 // before a rotation must not cache what it read).
-import { Context, Effect, Layer, Redacted, Schedule, Schema } from "effect"
+import { Context, Effect, Layer, Schedule, Schema } from "effect"
 import type { KeyObject } from "node:crypto"
 import { v7 as uuidv7 } from "uuid"
 import type { CommandMeta, ConcurrencyExhausted } from "../../core/command.ts"
@@ -29,11 +29,11 @@ import { RedisClient } from "../../core/redis/redis.ts"
 import type { Envelope } from "../../schemas/envelope.ts"
 import { stsSpec } from "./config.ts"
 import { events } from "./events.ts"
-import { checkKeks, resealUnderCurrent } from "./key-kek.ts"
+import { checkKeks, keksFrom, resealUnderCurrent } from "./key-kek.ts"
 import { keyChangesFor } from "./key-projection.ts"
 import { markProvisioned, pendingZones, zonesConsumer } from "./key-provisioning.ts"
 import { activeKey, type KeyRingCommand, type KeyRingState, keyRing, nextKey, type PublicJwk } from "./key-ring.ts"
-import { dueZones, generateZoneKey, type GeneratedKey, makeKeks, openSecret, publishedKeys, secretChange, SecretNotOpened, zoneInLog } from "./key-store.ts"
+import { dueZones, generateZoneKey, type GeneratedKey, openSecret, publishedKeys, secretChange, SecretNotOpened, zoneInLog } from "./key-store.ts"
 
 /** What signs a zone's mandates: jose's SignJWT takes the KeyObject with alg ES256. */
 export interface ZoneSigningKey {
@@ -101,11 +101,7 @@ const make = Effect.gen(function*() {
       rule: `must be at least JWKS_MAX_AGE_S (${vars.JWKS_MAX_AGE_S}): a rotated-in key must be published that long before it signs`
     })
   }
-  const previous = vars.ZONE_KEK_PREVIOUS === undefined ? [] : Redacted.value(vars.ZONE_KEK_PREVIOUS)
-  if (previous.some((k) => k.length !== 32)) {
-    return yield* new ConfigInvalid({ variable: "ZONE_KEK_PREVIOUS", rule: "each key must be 64 hex chars (32 bytes, AES-256)" })
-  }
-  const keks = makeKeks(Redacted.value(vars.ZONE_KEK), previous)
+  const keks = yield* keksFrom(vars)
   const check = yield* checkKeks(db, keks)
   const leadMs = vars.ZONE_KEY_NEXT_LEAD_S * 1000
   const entryMs = Math.min(CACHE_MS, Math.max(1000, leadMs))

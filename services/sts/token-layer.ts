@@ -1,9 +1,12 @@
 // The token endpoint assembled: the directory (an in-memory projection every replica keeps,
 // caught up from the log and following the api's streams), the coordinator's state, the
 // zone keys, the policy engine, the rate limits in Redis db1 and the audit stream.
+// They are built once, as the ExchangeContext service, which the token endpoint and the
+// credential release (release.ts: it verifies the mandates the token endpoint issued) share:
+// one directory, one zone key cache, one audit connection per replica.
 import { Context, Effect, Layer, Redacted } from "effect"
 import { HttpRouter } from "effect/http"
-import { AuditLog } from "../../core/audit-log.ts"
+import { AuditLog, type AuditLogShape } from "../../core/audit-log.ts"
 import { type Loaded, ServiceConfig } from "../../core/config/load.ts"
 import { Consumer } from "../../core/consumer-layer.ts"
 import { Database } from "../../core/db/database.ts"
@@ -15,7 +18,7 @@ import { stsSpec } from "./config.ts"
 import { makeCoordinatorView } from "./coordinator-view.ts"
 import { DIRECTORY_TYPES, type Directory, makeDirectory } from "./directory.ts"
 import type { JWK } from "jose"
-import type { Decision, ExchangeDeps, SigningKey as ExchangeSigningKey } from "./exchange.ts"
+import { type Decision, type ExchangeDeps, makeExchange, type SigningKey as ExchangeSigningKey } from "./exchange.ts"
 import { PolicyUnavailableError, tokenHandler } from "./token-route.ts"
 
 export type StsVars = Loaded<typeof stsSpec>["vars"]
@@ -31,7 +34,7 @@ export class StsDirectory extends Context.Service<StsDirectory, Directory>()("ca
   static readonly layer = Layer.effect(StsDirectory, Effect.map(Database, (d) => makeDirectory(d.db)))
 }
 
-/** Every replica follows the api's zone, application, resource, binding and grant streams. */
+/** Every replica follows the api's zone, application, resource, provider, credential, binding and grant streams. */
 export const DirectoryConsumer = Layer.unwrap(Effect.gen(function*() {
   const directory = yield* StsDirectory
   return Consumer.layer(stsSpec, {
@@ -61,44 +64,60 @@ export interface TokenParts {
   readonly decide: ExchangeDeps["decide"]
 }
 
-/** The route, given how keys are found and how the policy decides. */
-export const tokenRoutes = (parts: Effect.Effect<TokenParts, never, any>) =>
-  HttpRouter.use((router) =>
-    Effect.gen(function*() {
-      const config = (yield* ServiceConfig) as unknown as Loaded<typeof stsSpec>
-      const vars = config.vars
-      const database = yield* Database
-      const redis = yield* RedisClient
-      const directory = yield* StsDirectory
-      const audit = yield* AuditLog
-      const { signingKey: keyOf, publishedKeys, decide } = yield* parts
-      const budget = (scope: string, id: string) => redis.keys.rateLimit(scope, id)
-      const deps: ExchangeDeps = {
-        issuer: issuerOf(vars, config.mode),
-        directory,
-        signingKey: keyOf,
-        publishedKeys,
-        decide,
-        coordinator: makeCoordinatorView(database.db),
-        take: async (scope, id, perMinute) => {
-          const key = budget(scope, id)
-          const [[, n]] = (await redis.limits.multi().incr(key).expire(key, 60, "NX").exec()) as [[unknown, number]]
-          return n <= perMinute
-        },
-        spent: async (scope, id, perMinute) => Number((await redis.limits.get(budget(scope, id))) ?? 0) >= perMinute,
-        tokenRatePerMinute: vars.TOKEN_RATE_PER_MINUTE,
-        clientFailuresPerMinute: vars.CLIENT_AUTH_FAILURES_PER_MINUTE,
-        now: () => new Date()
-      }
-      yield* router.add("POST", "/oauth/2/token", tokenHandler(deps, audit))
-    }))
+export interface ExchangeContextShape {
+  readonly deps: ExchangeDeps
+  /** The exchange and the verification of this sts's own mandates, over `deps`. */
+  readonly exchange: ReturnType<typeof makeExchange>
+  readonly audit: AuditLogShape
+}
 
-/** The token endpoint with the zone keys and the policy engine it signs and decides with. */
-export const tokenRoutesWith = <K, P>(
+/** What the token endpoint and the credential release share, built once per replica. */
+export class ExchangeContext extends Context.Service<ExchangeContext, ExchangeContextShape>()("caracal/sts/ExchangeContext") {}
+
+/** The shared context, given how keys are found and how the policy decides. */
+export const exchangeContext = (parts: Effect.Effect<TokenParts, never, any>) =>
+  Layer.effect(ExchangeContext, Effect.gen(function*() {
+    const config = (yield* ServiceConfig) as unknown as Loaded<typeof stsSpec>
+    const vars = config.vars
+    const database = yield* Database
+    const redis = yield* RedisClient
+    const directory = yield* StsDirectory
+    const audit = yield* AuditLog
+    const { signingKey: keyOf, publishedKeys, decide } = yield* parts
+    const budget = (scope: string, id: string) => redis.keys.rateLimit(scope, id)
+    const deps: ExchangeDeps = {
+      issuer: issuerOf(vars, config.mode),
+      directory,
+      signingKey: keyOf,
+      publishedKeys,
+      decide,
+      coordinator: makeCoordinatorView(database.db),
+      take: async (scope, id, perMinute) => {
+        const key = budget(scope, id)
+        const [[, n]] = (await redis.limits.multi().incr(key).expire(key, 60, "NX").exec()) as [[unknown, number]]
+        return n <= perMinute
+      },
+      spent: async (scope, id, perMinute) => Number((await redis.limits.get(budget(scope, id))) ?? 0) >= perMinute,
+      tokenRatePerMinute: vars.TOKEN_RATE_PER_MINUTE,
+      clientFailuresPerMinute: vars.CLIENT_AUTH_FAILURES_PER_MINUTE,
+      now: () => new Date()
+    }
+    return ExchangeContext.of({ deps, exchange: makeExchange(deps), audit })
+  }))
+
+/** POST /oauth/2/token, on the shared context. */
+export const TokenRoutes = HttpRouter.use((router) =>
+  Effect.gen(function*() {
+    const { deps, audit } = yield* ExchangeContext
+    yield* router.add("POST", "/oauth/2/token", tokenHandler(deps, audit))
+  }))
+
+/** The shared context with the zone keys and the policy engine the exchange signs and decides with. */
+export const exchangeContextWith = <K, P>(
   keys: Effect.Effect<{ readonly signingKeyOrProvision: (z: string) => Effect.Effect<ExchangeSigningKey | undefined, unknown>; readonly jwks: (z: string) => Effect.Effect<ReadonlyArray<JWK>, unknown> }, never, K>,
   policy: Effect.Effect<{ readonly decide: (z: string, input: unknown) => Effect.Effect<Decision, unknown> }, never, P>
 ) =>
-  tokenRoutes(Effect.gen(function*() {
+  exchangeContext(Effect.gen(function*() {
     const k = yield* keys
     const p = yield* policy
     // the exchange is plain async code: each dependency's failure becomes the error it answers with
