@@ -13,7 +13,11 @@ beforeAll(async () => {
 afterAll(() => h.close())
 
 const count = async (sql: string) => Number((await h.rows(sql))[0].n)
-const written = async () => ({ events: await count("select count(*) as n from events"), outbox: await count("select count(*) as n from outbox") })
+// the api's own writes: the sts shares the database and provisions zone keys on its own schedule
+const written = async () => ({
+  events: await count("select count(*) as n from events where aggregate_type <> 'zone_key'"),
+  outbox: await count("select count(*) as n from outbox where producer = 'api'")
+})
 
 describe("admin token", () => {
   it("wrong, missing, shorter, longer and off-by-one-byte tokens get identical 401s; the 21st bad attempt within a minute is 429", async () => {
