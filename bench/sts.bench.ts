@@ -28,7 +28,7 @@ result := {"allow": true, "reason": "ambient"} if {
 }
 `
 // the per-(zone, resource, application) budget is lifted: the benchmark is one client
-const h = await startApi("bench_sts", { LOG_LEVEL: "warn" }, 1, { LOG_LEVEL: "warn", TOKEN_RATE_PER_MINUTE: "10000000" })
+const h = await startApi("bench_sts", { LOG_LEVEL: "warn" }, 1, { LOG_LEVEL: "warn", TOKEN_RATE_PER_MINUTE: "10000000", ...(process.env.BENCH_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_NODE_OPTIONS } : {}) })
 const post = async (path: string, body: unknown) => {
   const r = await h.call("POST", path, { body })
   if (r.status !== 201 && r.status !== 200) throw new Error(`${path}: ${r.status} ${r.text}`)

@@ -94,13 +94,34 @@ interface Subject {
 
 const scopesOf = (p: Record<string, unknown>) => (typeof p.scope === "string" ? p.scope.split(" ").filter((s) => s !== "") : [])
 
+/** How long a zone's published keys are reused for verifying subject and actor tokens. */
+const KEY_SET_MS = 1000
+/** An unknown kid refetches the zone's keys, at most this often (a zone's first key signs at once). */
+const KEY_REFETCH_MS = 100
+
 export const makeExchange = (deps: ExchangeDeps) => {
+  // the zone's published keys as jose key sets, reused for a second: each exchange verifies a
+  // subject, and reading and importing the keys every time was a third of the exchange's work
+  const keySets = new Map<string, { readonly at: number; readonly kids: ReadonlySet<string>; readonly set: ReturnType<typeof createLocalJWKSet> }>()
+  const zoneKeySet = async (zoneId: string, kid: string) => {
+    const now = Date.now()
+    const cached = keySets.get(zoneId)
+    const fresh = cached !== undefined && now - cached.at < KEY_SET_MS
+    if (fresh && (cached.kids.has(kid) || now - cached.at < KEY_REFETCH_MS)) return cached.set
+    const keys = await deps.publishedKeys(zoneId)
+    const entry = { at: now, kids: new Set(keys.map((k) => k.kid ?? "")), set: createLocalJWKSet({ keys: [...keys] }) }
+    if (keySets.size > 10_000) keySets.clear()
+    keySets.set(zoneId, entry)
+    return entry.set
+  }
   /** A mandate of this sts: signed by a published key of its zone, issued here, unexpired; else invalid_request (RFC 8693 §2.2.2). */
   const verifyOwnToken = async (token: string, what: string, expectedZone: string | undefined): Promise<Subject> => {
     let zoneId: string
+    let kid: string
     try {
       const header = decodeProtectedHeader(token)
       if (header.alg !== "ES256" || typeof header.kid !== "string") throw new Error("alg")
+      kid = header.kid
       const claims = JSON.parse(Buffer.from(token.split(".")[1] ?? "", "base64url").toString("utf8")) as Record<string, unknown>
       if (typeof claims.zone_id !== "string" || !/^[A-Za-z0-9._:-]{1,128}$/.test(claims.zone_id)) throw new Error("zone")
       zoneId = claims.zone_id
@@ -108,10 +129,10 @@ export const makeExchange = (deps: ExchangeDeps) => {
       throw invalidRequest(`${what} is not a mandate of this issuer`)
     }
     if (expectedZone !== undefined && zoneId !== expectedZone) throw invalidRequest(`${what} belongs to another zone`)
-    const keys = await deps.publishedKeys(zoneId)
+    const keys = await zoneKeySet(zoneId, kid)
     let payload: JWTPayload & Record<string, unknown>
     try {
-      const verified = await jwtVerify(token, createLocalJWKSet({ keys: [...keys] }), {
+      const verified = await jwtVerify(token, keys, {
         issuer: deps.issuer,
         algorithms: ["ES256"],
         clockTolerance: CLOCK_TOLERANCE_S,

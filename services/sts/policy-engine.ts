@@ -42,11 +42,12 @@ export const makePolicyEngine = (deps: { readonly db: Kysely<Tables>; readonly o
       Effect.andThen(Effect.fail(new PolicyUnavailable({ reason })))
     )
   const ask = Effect.fn("PolicyEngine.decide")(function*(zoneId: string, input: unknown) {
-    const active = yield* Effect.tryPromise(() => activeSetOf(deps.db, zoneId)).pipe(Effect.catch(unavailable("database")))
+    // both asked at once (a decision waits for the slower, not for their sum); the tables have the last word
+    const [active, res] = yield* Effect.all([
+      Effect.tryPromise(() => activeSetOf(deps.db, zoneId)).pipe(Effect.catch(unavailable("database"))),
+      Effect.tryPromise((signal) => deps.opa.evaluate(decisionPath(zoneId), input, signal)).pipe(Effect.catch(unavailable("unreachable")))
+    ], { concurrency: 2 })
     if (active === undefined) return noActivePolicy()
-    const res = yield* Effect.tryPromise((signal) => deps.opa.evaluate(decisionPath(zoneId), input, signal)).pipe(
-      Effect.catch(unavailable("unreachable"))
-    )
     if (res.status !== 200) return yield* unavailable(`status ${res.status}`)(JSON.stringify(res.body).slice(0, 500))
     const decision = readDecision(res.body, newDecisionId)
     if (decision !== undefined) return decision
