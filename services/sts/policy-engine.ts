@@ -43,11 +43,14 @@ export const makePolicyEngine = (deps: { readonly db: Kysely<Tables>; readonly o
     )
   const ask = Effect.fn("PolicyEngine.decide")(function*(zoneId: string, input: unknown) {
     // both asked at once (a decision waits for the slower, not for their sum); the tables have the last word
-    const [active, res] = yield* Effect.all([
+    const [active, asked] = yield* Effect.all([
       Effect.tryPromise(() => activeSetOf(deps.db, zoneId)).pipe(Effect.catch(unavailable("database"))),
-      Effect.tryPromise((signal) => deps.opa.evaluate(decisionPath(zoneId), input, signal)).pipe(Effect.catch(unavailable("unreachable")))
+      Effect.exit(Effect.tryPromise((signal) => deps.opa.evaluate(decisionPath(zoneId), input, signal)))
     ], { concurrency: 2 })
+    // a zone without an active set is denied whatever OPA says, or whether it answers at all
     if (active === undefined) return noActivePolicy()
+    if (asked._tag === "Failure") return yield* unavailable("unreachable")(asked.cause)
+    const res = asked.value
     if (res.status !== 200) return yield* unavailable(`status ${res.status}`)(JSON.stringify(res.body).slice(0, 500))
     const decision = readDecision(res.body, newDecisionId)
     if (decision !== undefined) return decision
