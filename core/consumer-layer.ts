@@ -81,8 +81,8 @@ export const Consumer = {
 
       if (def.mode === "every-replica") {
         // the stream position before the catch-up: everything published later is read from the stream
-        const from = yield* Effect.promise(() => lastIds(redis.streams, streams))
-        yield* Effect.tryPromise(() => def.runner.catchUp(2000, verifier))
+        const from = yield* untilDone("stream positions", () => lastIds(redis.streams, streams))
+        yield* untilDone("catch-up", () => def.runner.catchUp(2000, verifier))
         yield* follow(redis.streams, streams, from, verifier, envelopeDecoder(def.registry), async (e) => {
           if ((await def.runner.apply(e)) === "applied") count(1)
         }, report("apply failed; retrying"))
@@ -91,7 +91,7 @@ export const Consumer = {
       }
 
       if (def.mode === "group") {
-        yield* Effect.tryPromise(() => catchUpPostgres(database.db, def.registry, def.projection, { verifier }))
+        yield* untilDone("catch-up", () => catchUpPostgres(database.db, def.registry, def.projection, { verifier }))
       }
       const member = def.mode === "group"
         ? makeConsumer({
@@ -112,6 +112,17 @@ export const Consumer = {
       yield* report5s(() => member.stats.deadLettered)
     }))
 }
+
+// Postgres or Redis away while a service starts is an outage, not a reason to die: the
+// start-up steps of a consumer are retried (100 ms doubling up to 2 s) until they succeed,
+// while the service's routes already answer (503 for what needs the dependency).
+const STARTUP_RETRY = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("2 seconds")])
+
+const untilDone = <A>(what: string, run: () => Promise<A>) =>
+  Effect.tryPromise(run).pipe(
+    Effect.tapError((e) => Effect.logWarning(`consumer ${what} failed; retrying`).pipe(Effect.annotateLogs({ error: String(e) }))),
+    Effect.retry(STARTUP_RETRY)
+  )
 
 /**
  * A group member for records without log rows. Records this replica handled recently are not

@@ -32,7 +32,11 @@ const SHOWN = sql`id, type, zone_id, version, status, view::text as view,
   to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as created_at,
   to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as updated_at,
   to_char(archived_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as archived_at,
-  archive_reason`
+  archive_reason,
+  -- a zone is usable once the sts has activated its signing key (sts_zone_keys: public key state only)
+  case when type = 'zone' then
+    case when exists (select 1 from sts_zone_keys k where k.zone_id = api_records.id and k.status = 'active') then 'active' else 'pending' end
+  end as key_status`
 
 export const makeQueries = (db: Kysely<Tables>) => {
   const filter = (type: ApiAggregateType, zoneId: string | undefined, o: ListOptions) =>

@@ -37,6 +37,8 @@ export interface ShownRow {
   readonly updated_at: string
   readonly archived_at: string | null
   readonly archive_reason: string | null
+  /** Zones only: "active" once the sts's signing key for the zone is active, else "pending". */
+  readonly key_status: string | null
 }
 
 const q = JSON.stringify
@@ -44,7 +46,7 @@ const q = JSON.stringify
 /** One record's answer as JSON text. */
 export const shownJson = (r: ShownRow): string => {
   const fields = r.view.length > 2 ? `,${r.view.slice(1, -1)}` : ""
-  const zone = r.type === "zone" ? "" : `,"zone_id":${q(r.zone_id)}`
+  const zone = r.type === "zone" ? `,"key_status":${q(r.key_status)}` : `,"zone_id":${q(r.zone_id)}`
   const ended = r.archived_at === null ? "" : `,"archived_at":${q(r.archived_at)},"archive_reason":${q(r.archive_reason)}`
   return `{"id":${q(r.id)}${zone}${fields},"status":${q(r.status)},"version":${r.version},"created_at":${q(r.created_at)},"updated_at":${q(r.updated_at)}${ended}}`
 }
