@@ -299,13 +299,12 @@ export const makeExchange = (deps: ExchangeDeps) => {
     }
     facts.scope = granted.join(" ")
 
-    for (const r of targets.length > 0 ? targets : ["-"]) {
-      if (!(await deps.take("token", `${zoneId}.${r}.${clientId}`.replace(/[^A-Za-z0-9_.:-]/g, "_"), deps.tokenRatePerMinute))) {
-        throw new OAuthError(429, "slow_down", "token rate limit reached for this resource; retry later")
-      }
-    }
-
-    const decision = await deps.decide(zoneId, {
+    // the budget is counted while the policy decides (two round trips at once); a spent one refuses, whatever the policy said
+    const budgets = Promise.all((targets.length > 0 ? targets : ["-"]).map((r) =>
+      deps.take("token", `${zoneId}.${r}.${clientId}`.replace(/[^A-Za-z0-9_.:-]/g, "_"), deps.tokenRatePerMinute)
+    ))
+    budgets.catch(() => undefined) // awaited below; a rejection before then is not unhandled
+    const decided = deps.decide(zoneId, {
       zone_id: zoneId,
       principal: {
         application_id: clientId,
@@ -322,6 +321,8 @@ export const makeExchange = (deps: ExchangeDeps) => {
       delegation: path === undefined ? null : { id: edgeId, path: path.map((e) => e.id), scopes: edge!.scopes, hop_count: path.length },
       context: { time: now.toISOString(), request_id: requestId, grant_type: req.grantType }
     })
+    const [within, decision] = await Promise.all([budgets, decided])
+    if (within.some((ok) => !ok)) throw new OAuthError(429, "slow_down", "token rate limit reached for this resource; retry later")
     facts.decision_id = decision.decisionId
     if (!decision.allow) throw denied(decision.reason || "policy_denied", `denied by policy: ${decision.reason || "no reason given"}`)
 

@@ -54,7 +54,7 @@ export const InternalRoutes = HttpRouter.use((router) =>
 
       HttpRouter.route("POST", "/internal/v1/policies/compile", Effect.gen(function*() {
         const body = yield* decodeBody(CompileBody, yield* signed)
-        return yield* compilePolicy(vars.OPA_URL, body.modules).pipe(
+        return yield* compilePolicy(vars.OPA_URL, body.modules, vars.REDIS_KEY_PREFIX).pipe(
           Effect.as(Res.jsonUnsafe({ ok: true })),
           // the contract's 422 carries OPA's text under `message` as well as `error_description`
           Effect.catchTag("InvalidPolicy", (e) =>

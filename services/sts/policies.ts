@@ -131,13 +131,15 @@ const opa = (base: string, method: "PUT" | "DELETE", id: string, body?: string) 
  */
 export const compilePolicy = (
   opaUrl: string,
-  modules: Readonly<Record<string, string>>
+  modules: Readonly<Record<string, string>>,
+  /** Names this deployment's temporary modules (REDIS_KEY_PREFIX), as the policy sync names its own. */
+  ns = "caracal"
 ): Effect.Effect<void, InvalidPolicy | HttpError> => {
   const tag = randomBytes(8).toString("hex")
   const pkg = `caracal.validate.v${tag}`
   const prepared = prepareModules(modules, pkg)
   if (prepared instanceof InvalidPolicy) return Effect.fail(prepared)
-  const withIds = prepared.map((m, i) => ({ ...m, id: `caracal-validate-${tag}-${i}` }))
+  const withIds = prepared.map((m, i) => ({ ...m, id: `${ns}-validate-${tag}-${i}` }))
   const names = new Map(withIds.map((m) => [m.id, m.name]))
   const installed: Array<string> = []
   const check = Effect.gen(function*() {

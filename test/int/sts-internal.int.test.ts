@@ -152,7 +152,7 @@ describe("when the api checks a policy", () => {
     const r = await signed("POST", COMPILE, { zone_id: "z1", modules: { main: VALID } })
     expect(r).toEqual({ status: 200, body: { ok: true } })
     const after = await opaPolicyIds()
-    expect(after.filter((id) => id.startsWith("caracal-validate-"))).toEqual(before.filter((id) => id.startsWith("caracal-validate-")))
+    expect(after.filter((id) => id.startsWith(`${redis.keys.prefix}-validate-`))).toEqual(before.filter((id) => id.startsWith(`${redis.keys.prefix}-validate-`)))
   })
 
   it("a module with a parse error is 422 invalid_policy with OPA's message, naming the module", async () => {
@@ -165,7 +165,7 @@ describe("when the api checks a policy", () => {
     expect(body.message).toContain("non-terminated object")
     expect(body.message).toMatch(/^authz\.rego:\d+:\d+: rego_parse_error: /)
     expect(body.error_description).toBe(body.message)
-    expect((await opaPolicyIds()).some((id) => id.startsWith("caracal-validate-"))).toBe(false)
+    expect((await opaPolicyIds()).some((id) => id.startsWith(`${redis.keys.prefix}-validate-`))).toBe(false)
   })
 
   it("a module that parses but does not compile is 422 with OPA's compile error", async () => {
@@ -195,7 +195,7 @@ describe("when the api checks a policy", () => {
     expect((await signed("POST", COMPILE, { zone_id: "z1", modules: { a_main: main, b_helper: helper } })).status).toBe(200)
     expect((await signed("POST", COMPILE, { zone_id: "z1", modules: { a_helper: helper, b_main: main } })).status).toBe(200)
     // a helper another module uses is deleted after it
-    expect((await opaPolicyIds()).some((id) => id.startsWith("caracal-validate-"))).toBe(false)
+    expect((await opaPolicyIds()).some((id) => id.startsWith(`${redis.keys.prefix}-validate-`))).toBe(false)
   })
 
   it("more than 32 modules are refused", async () => {
