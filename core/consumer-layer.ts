@@ -22,8 +22,8 @@ import { verifierFrom } from "./backbone.ts"
 import type { ConsumerSpec } from "./config/common.ts"
 import { loadSpec } from "./config/load.ts"
 import { classifyWith, type Decode, envelopeDecoder, makeConsumer } from "./consumer.ts"
-import { Database } from "./db/database.ts"
-import { applyDeliveredToPostgres, catchUpPostgres, type MemoryProjectionRunner, type PgProjection } from "./projection.ts"
+import { Database, isUnavailable } from "./db/database.ts"
+import { applyDeliveredToPostgres, catchUpPostgres, LogTampered, type MemoryProjectionRunner, type PgProjection } from "./projection.ts"
 import type { Keys } from "./redis/keys.ts"
 import { RedisClient } from "./redis/redis.ts"
 import type { Verifier } from "./signing.ts"
@@ -115,13 +115,23 @@ export const Consumer = {
 
 // Postgres or Redis away while a service starts is an outage, not a reason to die: the
 // start-up steps of a consumer are retried (100 ms doubling up to 2 s) until they succeed,
-// while the service's routes already answer (503 for what needs the dependency).
+// while the service's routes already answer (503 for what needs the dependency). A log that
+// fails verification or holds an event the code cannot read is no outage: the start fails.
 const STARTUP_RETRY = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("2 seconds")])
+
+const causeOf = (e: unknown) => (e as { cause?: unknown }).cause ?? e
+const transient = (e: unknown) => {
+  const cause = causeOf(e)
+  return !(cause instanceof LogTampered) && !(cause instanceof Error && /^cannot (project|fold)/.test(cause.message)) && isUnavailable(cause)
+}
 
 const untilDone = <A>(what: string, run: () => Promise<A>) =>
   Effect.tryPromise(run).pipe(
-    Effect.tapError((e) => Effect.logWarning(`consumer ${what} failed; retrying`).pipe(Effect.annotateLogs({ error: String(e) }))),
-    Effect.retry(STARTUP_RETRY)
+    Effect.tapError((e) =>
+      Effect.logWarning(`consumer ${what} failed${transient(e) ? "; retrying" : ""}`).pipe(Effect.annotateLogs({ error: String(causeOf(e)) }))
+    ),
+    Effect.retry({ schedule: STARTUP_RETRY, while: transient }),
+    Effect.mapError(causeOf)
   )
 
 /**

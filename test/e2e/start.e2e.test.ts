@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync } from "node:fs"
 import os from "node:os"
 import path from "node:path"
 import { describe, expect, it } from "vitest"
-import { nodeBinary, repoRoot, waitFor } from "../../core/testing/index.ts"
+import { emptyDatabase, nodeBinary, repoRoot, waitFor } from "../../core/testing/index.ts"
 
 const BASE = { sts: 8080, api: 3000, gateway: 8081, coordinator: 4000, audit: 9090 }
 
@@ -14,9 +14,11 @@ describe("when the development stack starts", () => {
   it("runs all five services, each answering /health and /ready with 200", async () => {
     const offset = 20_000 + Math.floor(Math.random() * 20_000)
     const data = mkdtempSync(path.join(os.tmpdir(), "caracal-start-"))
+    // a database of its own: the stack's is shared with other checkouts, whose zone keys another ZONE_KEK sealed
+    const db = await emptyDatabase("e2e_start")
     const child = spawn(nodeBinary(), [path.join(repoRoot, "infra/dev.ts")], {
       cwd: repoRoot,
-      env: { ...process.env, DEV_PORT_OFFSET: String(offset), LOG_LEVEL: "warn", XDG_DATA_HOME: data },
+      env: { ...process.env, DEV_PORT_OFFSET: String(offset), LOG_LEVEL: "warn", XDG_DATA_HOME: data, TEST_DATABASE_URL: db.url },
       stdio: ["ignore", "pipe", "pipe"]
     })
     let out = ""
@@ -39,5 +41,6 @@ describe("when the development stack starts", () => {
       child.kill("SIGTERM")
     }
     expect(await exited).toBe(0)
+    await db.drop()
   })
 })
