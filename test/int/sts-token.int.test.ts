@@ -212,6 +212,8 @@ describe("sessions and delegations (the coordinator's state)", () => {
     const inSession = await ambient("a", { agent_session_id: s.body.id })
     expect((await verify(inSession)).payload.agent_session_id).toBe(s.body.id)
     expect((await perCall(inSession)).status).toBe(200)
+    // another application may not act in this session (only a delegate, through an edge into it)
+    expectErrorOf(await perCall(await ambient("b"), { agent_session_id: s.body.id }), 403, "access_denied", "session_not_owned")
     expect((await coord("DELETE", `/zones/${zone}/agents/${s.body.id}`, lifecycle)).status).toBe(200)
     expectErrorOf(await perCall(lifecycle, { agent_session_id: s.body.id }), 403, "access_denied", "session_terminated")
     expectErrorOf(await perCall(inSession), 400, "invalid_request")
