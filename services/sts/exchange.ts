@@ -219,10 +219,9 @@ export const makeExchange = (deps: ExchangeDeps) => {
       if (app === undefined || !app.live) throw invalidClient()
     } else {
       clientId = (await authenticateSecret(zoneId, req.applicationId ?? subject?.clientId, req.clientSecret)).id
-      if (subject !== undefined && subject.clientId !== clientId) {
-        // a per-call subject is narrowed by the client it was issued to; an ambient one by anyone it names
-        if (subject.use === "per_call") throw invalidRequest("subject_token was issued to another client")
-      }
+      // a client exchanges its own mandates only: another's would lend it that mandate's subject
+      // (a delegate acts through an edge with its own mandate, never with the issuer's)
+      if (subject !== undefined && subject.clientId !== clientId) throw invalidRequest("subject_token was issued to another client")
     }
     facts.zone_id = zoneId
     facts.client_id = clientId

@@ -172,6 +172,8 @@ describe("refusals, each with its status and error", () => {
     const narrow = (await perCall(subject, { scope: "read" })).body.access_token
     const withSecret = { application_id: apps.a!.id, client_secret: apps.a!.secret }
     expectError(await perCall(narrow, { scope: "read" }), 401, "invalid_client")
+    // nobody exchanges another client's mandate, even with its own secret
+    expectError(await perCall(subject, { application_id: apps.b!.id, client_secret: apps.b!.secret }), 400, "invalid_request")
     expectError(await perCall(narrow, { scope: "read write", ...withSecret }), 400, "invalid_scope")
     expect((await perCall(narrow, { scope: "read", ...withSecret })).status).toBe(200)
   })
