@@ -96,8 +96,10 @@ const bootstrap = async () => {
   const res = await fetch(`http://127.0.0.1:${api.port}/v1/local/bootstrap`, {
     method: "POST",
     headers: { authorization: `Bearer ${secrets.ADMIN_TOKEN}`, "content-type": "application/json" },
-    body: "{}"
-  })
+    body: "{}",
+    signal: AbortSignal.timeout(30_000)
+  }).catch((e: unknown) => e as Error)
+  if (res instanceof Error) return console.error(`demo zone not created: ${res.message}`)
   const demo = (await res.json()) as { zone_id?: string; application_id?: string; client_secret?: string | null; resource?: string }
   if (res.status !== 200) return console.error(`demo zone not created (${res.status}): ${JSON.stringify(demo)}`)
   const before = existsSync(DEMO_FILE) ? (JSON.parse(readFileSync(DEMO_FILE, "utf8")) as { client_secret?: string }) : {}

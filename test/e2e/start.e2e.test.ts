@@ -11,8 +11,9 @@ import { emptyDatabase, nodeBinary, repoRoot, waitFor } from "../../core/testing
 const BASE = { sts: 8080, api: 3000, gateway: 8081, coordinator: 4000, audit: 9090 }
 
 describe("when the development stack starts", () => {
-  it("runs all five services, each answering /health and /ready with 200", async () => {
-    const offset = 20_000 + Math.floor(Math.random() * 20_000)
+  it("runs all five services, each answering /health and /ready with 200", { timeout: 120_000 }, async () => {
+    // every port below the kernel's ephemeral range (32768+), where the free ports other tests take live
+    const offset = 10_000 + Math.floor(Math.random() * 13_000)
     const data = mkdtempSync(path.join(os.tmpdir(), "caracal-start-"))
     // a database of its own: the stack's is shared with other checkouts, whose zone keys another ZONE_KEK sealed
     const db = await emptyDatabase("e2e_start")
@@ -26,7 +27,16 @@ describe("when the development stack starts", () => {
     child.stderr.on("data", (b: Buffer) => (out += b.toString()))
     const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)))
     try {
-      await waitFor(async () => out.includes("Caracal is up"), 60_000, 100)
+      let ended = false
+      void exited.then(() => (ended = true))
+      await waitFor(async () => {
+        if (ended) throw new Error("the development stack exited before it was up")
+        return out.includes("Caracal is up")
+      }, 90_000, 100).catch((e) => {
+        // what the services said is the only clue to why they did not come up
+        console.log(out.slice(-6000))
+        throw e
+      })
       for (const [name, port] of Object.entries(BASE)) {
         const health = await fetch(`http://127.0.0.1:${port + offset}/health`)
         expect(health.status, name).toBe(200)
