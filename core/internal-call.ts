@@ -177,15 +177,16 @@ const parseBody = (text: string): unknown => {
 }
 
 // fetch cannot skip certificate checks without a dispatcher from a matching undici; Node's
-// own https client can, and this path is for self-signed internal deployments only.
-const nodeRequest = (url: URL, method: string, headers: Record<string, string>, body: string | undefined, timeoutMs: number, insecure: boolean) =>
-  new Promise<{ status: number; text: string }>((resolve, reject) => {
+// own https client can, and this path is for self-signed internal deployments only (and for
+// the api's token pass-through, which must honour INSECURE_STS too).
+export const nodeRequest = (url: URL, method: string, headers: Record<string, string>, body: string | undefined, timeoutMs: number, insecure: boolean) =>
+  new Promise<{ status: number; text: string; headers: http.IncomingHttpHeaders }>((resolve, reject) => {
     const client = url.protocol === "https:" ? https : http
     const sized = body === undefined ? headers : { ...headers, "content-length": String(Buffer.byteLength(body, "utf8")) }
     const req = client.request(url, { method, headers: sized, timeout: timeoutMs, ...(insecure ? { rejectUnauthorized: false } : {}) }, (res) => {
       const chunks: Array<Buffer> = []
       res.on("data", (c: Buffer) => chunks.push(c))
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") }))
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8"), headers: res.headers }))
       res.on("error", reject)
     })
     req.on("timeout", () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)))

@@ -2,9 +2,7 @@
 // seal a credential's material, check Rego with OPA, rotate a zone's key; and the token
 // endpoint, passed through unchanged for clients that know only the api's URL.
 import { Effect } from "effect"
-import http from "node:http"
-import https from "node:https"
-import { callInternal, type InternalCallOptions } from "../../core/internal-call.ts"
+import { callInternal, type InternalCallOptions, nodeRequest } from "../../core/internal-call.ts"
 import { httpError } from "../../core/http/errors.ts"
 import { rejected } from "./domain/record.ts"
 
@@ -29,26 +27,16 @@ const unexpected = (what: string, status: number) =>
 const FORWARDED = ["content-type", "authorization", "accept", "x-request-id", "traceparent", "tracestate", "baggage"]
 const RETURNED = ["content-type", "cache-control", "pragma", "www-authenticate"]
 
-const forward = (url: URL, headers: Record<string, string>, body: string, insecure: boolean) =>
-  new Promise<{ status: number; body: string; headers: Record<string, string> }>((resolve, reject) => {
-    const client = url.protocol === "https:" ? https : http
-    const req = client.request(url, { method: "POST", headers, timeout: 10_000, ...(insecure ? { rejectUnauthorized: false } : {}) }, (res) => {
-      const chunks: Array<Buffer> = []
-      res.on("data", (c: Buffer) => chunks.push(c))
-      res.on("error", reject)
-      res.on("end", () => {
-        const out: Record<string, string> = {}
-        for (const h of RETURNED) {
-          const v = res.headers[h]
-          if (typeof v === "string") out[h] = v
-        }
-        resolve({ status: res.statusCode ?? 502, body: Buffer.concat(chunks).toString("utf8"), headers: out })
-      })
-    })
-    req.on("timeout", () => req.destroy(new Error("the sts did not answer in time")))
-    req.on("error", reject)
-    req.end(body)
-  })
+/** The token request as the client sent it; the answer with the headers a token client needs. */
+const forward = async (url: URL, headers: Record<string, string>, body: string, insecure: boolean) => {
+  const res = await nodeRequest(url, "POST", headers, body, 10_000, insecure)
+  const out: Record<string, string> = {}
+  for (const h of RETURNED) {
+    const v = res.headers[h]
+    if (typeof v === "string") out[h] = v
+  }
+  return { status: res.status === 0 ? 502 : res.status, body: res.text, headers: out }
+}
 
 export const makeStsClient = (opts: InternalCallOptions): StsClient => ({
   sealCredential: (zone, providerId, material) =>
@@ -79,7 +67,7 @@ export const makeStsClient = (opts: InternalCallOptions): StsClient => ({
   passThrough: (headers, body) =>
     Effect.tryPromise({
       try: () => {
-        const out: Record<string, string> = { "content-length": String(Buffer.byteLength(body)) }
+        const out: Record<string, string> = {}
         for (const h of FORWARDED) if (headers[h] !== undefined) out[h] = headers[h]!
         return forward(new URL("/oauth/2/token", opts.baseUrl), out, body, opts.insecureTls === true)
       },
