@@ -15,6 +15,17 @@ const rows = (text: string, values: Array<unknown> = []) => h.rows(text, values)
 const on = (i: number) => ({ base: h.replicas[i]!.url })
 
 describe("two replicas", () => {
+  it("failed admin authentications count across replicas: the 21st within a minute, on either, is 429", async () => {
+    for (let i = 0; i < 20; i++) expect((await h.call("GET", "/v1/zones", { token: "wrong", ...on(i % 2) })).status).toBe(401)
+    expect((await h.call("GET", "/v1/zones", { token: "wrong", ...on(0) })).status).toBe(429)
+    expect((await h.call("GET", "/v1/zones", on(1))).status).toBe(429)
+    // the window is cleared so that the tests below are not locked out
+    const db1 = h.redis.duplicate({ db: 1 })
+    for (const k of await db1.keys(`${h.keys.prefix}:rl:*`)) await db1.del(k)
+    db1.disconnect()
+    expect((await h.call("GET", "/v1/zones", on(1))).status).toBe(200)
+  })
+
   it("the same slug created on both at once: exactly one zone, the other 409", async () => {
     for (let round = 0; round < 5; round++) {
       const slug = `race-${round}`
