@@ -17,7 +17,7 @@ import { type KeyObject, randomBytes } from "node:crypto"
 import type { AuditRecord } from "../../schemas/audit-record.ts"
 import { verifySecret } from "../api/secrets.ts"
 import type { CoordinatorView, EdgeFacts } from "./coordinator-view.ts"
-import type { Directory } from "./directory.ts"
+import type { Directory } from "../api/directory.ts"
 import {
   AMBIENT_TTL_MAX,
   DEFAULT_TTL,

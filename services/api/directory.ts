@@ -1,8 +1,8 @@
-// What the sts knows of the api's world — zones, applications (with their secret
-// verifiers and allowed scopes), resources, providers, credentials (references: the
-// material is sealed in sts_credentials), bindings and grants — as an in-memory
-// projection every replica keeps (the token endpoint reads it on every exchange, so it
-// must answer in microseconds; the credential release reads it too). It catches up from
+// What the api's consumers (the sts, the gateway) know of its world — zones, applications
+// (with their secret verifiers and allowed scopes), resources, providers, credentials
+// (references: the material is sealed in sts_credentials), bindings and grants — as an
+// in-memory projection every replica keeps (the sts's token endpoint and the gateway read
+// it on every request, so it must answer in microseconds). It catches up from
 // the log at start and follows the api's streams; a miss is answered from the log before
 // refusing (read-your-writes: create an application, exchange at once).
 import { sql, type Kysely } from "kysely"
@@ -18,7 +18,7 @@ import {
   type GrantRecord,
   type ProviderRecord,
   type ResourceRecord
-} from "../api/events.ts"
+} from "./events.ts"
 
 export interface Entry<R> {
   readonly id: string
@@ -111,7 +111,7 @@ export const applyToDirectory = (s: DirectoryState, e: Envelope): void => {
 }
 
 export const directoryProjection: Projection<DirectoryState> = {
-  name: "sts-directory",
+  name: "api-directory",
   handles: new Set(handled),
   apply: applyToDirectory,
   reset: () => {}
