@@ -2,12 +2,13 @@
 // signed like every stream entry (STREAMS_HMAC_KEY: the same wire form as the relay's, so the
 // audit service verifies them the same way). Not through an outbox: a decision is recorded
 // before it is answered, and a failed write fails the request (503) — no unaudited authority.
-import { Context, Effect, Layer, Schema } from "effect"
+import { Context, Effect, Layer, Redacted, Schema } from "effect"
 import { Redis } from "ioredis"
 import { v7 as uuidv7 } from "uuid"
 import { type AuditRecord, AuditRecord as AuditRecordSchema } from "../schemas/audit-record.ts"
-import type { Keys } from "./redis/keys.ts"
-import { sign, type SigningKey } from "./signing.ts"
+import { ServiceConfig } from "./config/load.ts"
+import { type Keys, makeKeys } from "./redis/keys.ts"
+import { sign, type SigningKey, signingKey } from "./signing.ts"
 
 export class AuditUnavailable extends Schema.TaggedError<AuditUnavailable>()("AuditUnavailable", { cause: Schema.Defect() }) {
   override get message() {
@@ -75,3 +76,22 @@ export class AuditLog extends Context.Service<AuditLog, AuditLogShape>()("caraca
       return makeAuditLog(redis, opts.keys, opts.signer)
     }))
 }
+
+/** The variables a service that writes audit records has (AUDIT_STREAM_URL defaults to REDIS_URL). */
+interface AuditVars {
+  readonly AUDIT_STREAM_URL: Redacted.Redacted<string>
+  readonly REDIS_PASSWORD?: Redacted.Redacted<string> | undefined
+  readonly REDIS_KEY_PREFIX: string
+  readonly STREAMS_HMAC_KEY?: Redacted.Redacted<Buffer> | undefined
+}
+
+/** The audit stream at the service's AUDIT_STREAM_URL, signed with its STREAMS_HMAC_KEY. */
+export const auditLogFromConfig = Layer.unwrap(Effect.gen(function*() {
+  const vars = (yield* ServiceConfig).vars as unknown as AuditVars
+  return AuditLog.layer({
+    url: Redacted.value(vars.AUDIT_STREAM_URL),
+    password: vars.REDIS_PASSWORD === undefined ? undefined : Redacted.value(vars.REDIS_PASSWORD),
+    keys: makeKeys(vars.REDIS_KEY_PREFIX),
+    signer: vars.STREAMS_HMAC_KEY === undefined ? undefined : signingKey(Redacted.value(vars.STREAMS_HMAC_KEY))
+  })
+}))

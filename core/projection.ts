@@ -336,6 +336,8 @@ const rebuildOnce = (
 export class MemoryProjectionRunner<S> {
   private readonly checkpoints = new Map<string, number>()
   cursor: LogCursor = LOG_START
+  /** True once a catch-up has read the whole log (a replica is ready to answer from it). */
+  caughtUp = false
 
   readonly projection: Projection<S>
   readonly state: S
@@ -389,7 +391,10 @@ export class MemoryProjectionRunner<S> {
       // only the events it handles: the log holds every service's, and a replica starts faster reading less
       const rows = await readLog(this.db, this.cursor, batchSize, { types: [...this.projection.handles] })
       if (rows.length === 0) {
-        if (await writersEnded(this.db, started)) return n
+        if (await writersEnded(this.db, started)) {
+          this.caughtUp = true
+          return n
+        }
         continue
       }
       verifyRows(verifier, rows)

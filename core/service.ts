@@ -6,7 +6,7 @@ import { type CommonVars, type Loaded, loadService, ServiceConfig, type ServiceS
 import { Database } from "./db/database.ts"
 import { migrateToLatest } from "./db/migrate.ts"
 import type { ErrorMapper } from "./http/errors.ts"
-import { type ReadyCheck, serve } from "./http/server.ts"
+import { type Front, type ReadyCheck, serve } from "./http/server.ts"
 import { LoggingLive } from "./log.ts"
 import { Producer } from "./producer.ts"
 import { RedisClient } from "./redis/redis.ts"
@@ -24,6 +24,8 @@ export interface ServiceDefinition<S extends ServiceSpec> {
   readonly routes?: Layer.Layer<never, unknown, any>
   /** Background work (relays, consumers, sweepers) that lives as long as the service. */
   readonly background?: Layer.Layer<never, unknown, Infra | Producer>
+  /** A raw handler that takes the requests it claims before the router (core/http/server.ts Front). */
+  readonly front?: Layer.Layer<Front, unknown, any>
   readonly mapError?: ErrorMapper
   /** Extra /ready checks built from the service's own variables (e.g. a policy engine). */
   readonly readyChecksFrom?: (vars: Loaded<S>["vars"]) => ReadonlyArray<ReadyCheck>
@@ -69,7 +71,8 @@ export const serviceLayer = <S extends ServiceSpec>(def: ServiceDefinition<S>, c
       host: varsOf(config).HOST,
       tls: config.tls,
       readyChecks,
-      ...(def.mapError ? { mapError: def.mapError } : {})
+      ...(def.mapError ? { mapError: def.mapError } : {}),
+      ...(def.front ? { front: def.front } : {})
     })
   }))
   return Layer.mergeAll(http, def.background ?? Layer.empty).pipe(Layer.provide(infra))

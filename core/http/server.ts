@@ -19,7 +19,44 @@ export interface ReadyCheck {
   readonly check: Effect.Effect<void, unknown>
 }
 
-export interface ServeOptions {
+// Checks a service's own layers add while they are built (an in-memory projection that is
+// ready once caught up): they exist only after the configuration is read, so they cannot be
+// listed up front. One service per process, so one list per process.
+const registered: Array<ReadyCheck> = []
+
+/** Adds a check to this process's /ready (e.g. "caught up"), for as long as it runs. */
+export const addReadyCheck = (check: ReadyCheck) => Effect.sync(() => void registered.push(check))
+
+/**
+ * A plain Node handler that takes the requests it claims before the router sees them: for a
+ * route that streams both ways and must cut a stream mid-flight (the gateway's proxy), which
+ * a response value cannot express. /health, /ready and /metrics stay with the router.
+ */
+export interface FrontHandler {
+  readonly claims: (req: nodeHttp.IncomingMessage) => boolean
+  readonly handle: (req: nodeHttp.IncomingMessage, res: nodeHttp.ServerResponse) => void
+}
+
+export class Front extends Context.Service<Front, FrontHandler>()("caracal/core/http/Front") {}
+
+/** The server with `front` answering the requests it claims; every other request goes on to the router. */
+const withFront = (server: nodeHttp.Server, front: FrontHandler | undefined): nodeHttp.Server => {
+  if (front === undefined) return server
+  const emit = server.emit.bind(server)
+  server.emit = ((event: string, ...args: Array<unknown>) => {
+    if (event === "request") {
+      const [req, res] = args as [nodeHttp.IncomingMessage, nodeHttp.ServerResponse]
+      if (front.claims(req)) {
+        front.handle(req, res)
+        return true
+      }
+    }
+    return emit(event, ...args)
+  }) as typeof server.emit
+  return server
+}
+
+export interface ServeOptions<RF = never> {
   readonly service: string
   readonly port: number
   readonly host: string
@@ -28,6 +65,8 @@ export interface ServeOptions {
   readonly maxBodyBytes?: number
   readonly mapError?: ErrorMapper
   readonly shutdownTimeoutMs?: number
+  /** A Front layer: requests it claims bypass the router (built with the service's other layers). */
+  readonly front?: Layer.Layer<Front, unknown, RF>
 }
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
@@ -109,7 +148,7 @@ export const operationalRoutes = (service: string, readyChecks: ReadonlyArray<Re
       "GET",
       "/ready",
       Effect.gen(function*() {
-        const results = yield* Effect.forEach(readyChecks, (c) =>
+        const results = yield* Effect.forEach([...readyChecks, ...registered], (c) =>
           c.check.pipe(
             Effect.timeout("2 seconds"),
             Effect.as({ name: c.name, ok: true }),
@@ -128,12 +167,13 @@ export const operationalRoutes = (service: string, readyChecks: ReadonlyArray<Re
   )
 
 /** Serves `routes` (a layer of HttpRouter.add/use) with the kernel on Node's HTTP or HTTPS server. */
-export const serve = <E, R>(routes: Layer.Layer<never, E, R>, opts: ServeOptions) => {
+export const serve = <E, R, RF = never>(routes: Layer.Layer<never, E, R>, opts: ServeOptions<RF>) => {
   const app = Layer.mergeAll(routes, operationalRoutes(opts.service, opts.readyChecks))
-  const server = NodeHttpServer.layer(
-    () => (opts.tls ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }) : nodeHttp.createServer()),
-    { port: opts.port, host: opts.host, gracefulShutdownTimeout: `${opts.shutdownTimeoutMs ?? 10_000} millis` }
-  )
+  const server = (front: FrontHandler | undefined) =>
+    NodeHttpServer.layer(
+      () => withFront(opts.tls ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }) : nodeHttp.createServer(), front),
+      { port: opts.port, host: opts.host, gracefulShutdownTimeout: `${opts.shutdownTimeoutMs ?? 10_000} millis` }
+    )
   const listening = Layer.effectDiscard(
     HttpServer.addressFormattedWith((address) =>
       Effect.logInfo("listening").pipe(Effect.annotateLogs({ address, tls: opts.tls !== undefined })))
@@ -149,9 +189,18 @@ export const serve = <E, R>(routes: Layer.Layer<never, E, R>, opts: ServeOptions
   // it — is then one instance. With a fork the routes got a second, unfed copy of each.
   return Layer.unwrap(Effect.gen(function*() {
     const router = yield* toSharedHttpEffect(app)
-    return Layer.merge(HttpServer.serve(withKernel(router, opts)), listening).pipe(Layer.provide(server))
+    const front = opts.front === undefined ? undefined : Context.get(yield* buildShared(opts.front), Front)
+    return Layer.merge(HttpServer.serve(withKernel(router, opts)), listening).pipe(Layer.provide(server(front)))
   }))
 }
+
+/** Builds a layer with the current memo map (see serve): what it shares with other layers is one instance. */
+const buildShared = <A, E, R>(layer: Layer.Layer<A, E, R>): Effect.Effect<Context.Context<A>, E, R> =>
+  Effect.contextWith((context: Context.Context<never>) => {
+    const scope = Context.get(context as Context.Context<Scope.Scope>, Scope.Scope)
+    const memoMap = Context.getOrUndefined(context, Layer.CurrentMemoMap) ?? Layer.makeMemoMapUnsafe()
+    return Layer.buildWithMemoMap(layer, memoMap, scope)
+  }) as unknown as Effect.Effect<Context.Context<A>, E, R>
 
 /** HttpRouter.toHttpEffect, built with the current memo map instead of a fork of it; the router itself is fresh. */
 const toSharedHttpEffect = <A, E, R>(appLayer: Layer.Layer<A, E, R>): ReturnType<typeof HttpRouter.toHttpEffect<A, E, R>> =>

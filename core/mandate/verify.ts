@@ -58,6 +58,8 @@ export interface Mandate {
   readonly expiresAt: Date
   readonly agentSessionId?: string
   readonly delegationEdgeId?: string
+  /** Every edge a delegated mandate was derived through (`delegation_path`), root first. */
+  readonly delegationPath?: ReadonlyArray<string>
 }
 
 export const ALLOWED_ALGORITHMS = ["ES256", "EdDSA", "RS256"] as const
@@ -114,11 +116,16 @@ export interface MandateVerifierOptions {
   readonly fetch?: FetchLike
   /** Milliseconds since the epoch; tests move it. */
   readonly now?: () => number
+  /** Refuse a header without `typ: JWT` (by default only another `typ` is refused). */
+  readonly requireTyp?: boolean
 }
 
 export interface MandateVerifier {
-  /** The mandate, or an AuthError: 401 invalid_token, 403 zone_mismatch, 503 temporarily_unavailable. */
-  readonly verify: (token: string, expectedZone: string) => Promise<Mandate>
+  /**
+   * The mandate, or an AuthError: 401 invalid_token, 403 zone_mismatch, 503 temporarily_unavailable.
+   * `accept` overrides the verifier's own for this call (the gateway names the resource per request).
+   */
+  readonly verify: (token: string, expectedZone: string, accept?: Accept) => Promise<Mandate>
   /** `verify` on the raw Authorization header. */
   readonly verifyAuthorization: (header: string | null | undefined, expectedZone: string) => Promise<Mandate>
 }
@@ -226,6 +233,10 @@ const readClaims = (payload: Claims, issuer: string, accept: Accept, nowSeconds:
 
   const agentSessionId = optionalString(payload, "agent_session_id")
   const delegationEdgeId = optionalString(payload, "delegation_edge_id")
+  const path = payload.delegation_path
+  if (path !== undefined && (!Array.isArray(path) || !path.every((e) => typeof e === "string" && e !== ""))) {
+    throw invalidToken("mandate claim delegation_path invalid")
+  }
   const subject = requiredString(payload, "sub")
   const clientId = requiredString(payload, "client_id")
   const jti = requiredString(payload, "jti")
@@ -243,14 +254,15 @@ const readClaims = (payload: Claims, issuer: string, accept: Accept, nowSeconds:
     issuedAt: new Date(iat * 1000),
     expiresAt: new Date(exp * 1000),
     ...(agentSessionId === undefined ? {} : { agentSessionId }),
-    ...(delegationEdgeId === undefined ? {} : { delegationEdgeId })
+    ...(delegationEdgeId === undefined ? {} : { delegationEdgeId }),
+    ...(path === undefined ? {} : { delegationPath: path as ReadonlyArray<string> })
   }
 }
 
 export const makeMandateVerifier = (options: MandateVerifierOptions): MandateVerifierWithStats => {
   const cooldownMs = options.cooldownMs ?? 30_000
   const now = options.now ?? Date.now
-  const { issuer, accept } = options
+  const { issuer } = options
   const jwks = makeJwksCache({
     baseUrl: options.jwksBaseUrl,
     cooldownMs,
@@ -265,7 +277,7 @@ export const makeMandateVerifier = (options: MandateVerifierOptions): MandateVer
     now
   })
 
-  const verify = async (token: string, expectedZone: string): Promise<Mandate> => {
+  const verify = async (token: string, expectedZone: string, accept: Accept = options.accept): Promise<Mandate> => {
     if (token.length > MAX_TOKEN_BYTES) throw invalidToken("mandate too large")
     const parts = token.split(".")
     if (parts.length !== 3) throw invalidToken("malformed mandate")
@@ -279,6 +291,11 @@ export const makeMandateVerifier = (options: MandateVerifierOptions): MandateVer
     const payload = decodePart(parts[1] as string)
     if (header === undefined || payload === undefined) throw invalidToken("malformed mandate")
     if (!(ALLOWED_ALGORITHMS as ReadonlyArray<unknown>).includes(header.alg)) throw invalidToken("mandate algorithm not allowed")
+    // a JWS of another type (an ID token, a logout token) is not a mandate, whatever it claims
+    const typ = header.typ
+    if (typ === undefined ? options.requireTyp === true : typeof typ !== "string" || typ.toUpperCase() !== "JWT") {
+      throw invalidToken("mandate header typ not accepted")
+    }
     // without a kid, rotation (two keys served at once) would make key selection ambiguous
     const kid = header.kid
     if (typeof kid !== "string" || kid === "") throw invalidToken("mandate header kid missing")

@@ -4,15 +4,13 @@
 // They are built once, as the ExchangeContext service, which the token endpoint and the
 // credential release (release.ts: it verifies the mandates the token endpoint issued) share:
 // one directory, one zone key cache, one audit connection per replica.
-import { Context, Effect, Layer, Redacted } from "effect"
+import { Context, Effect, Layer } from "effect"
 import { HttpRouter } from "effect/http"
-import { AuditLog, type AuditLogShape } from "../../core/audit-log.ts"
+import { AuditLog, type AuditLogShape, auditLogFromConfig } from "../../core/audit-log.ts"
 import { type Loaded, ServiceConfig } from "../../core/config/load.ts"
 import { Consumer } from "../../core/consumer-layer.ts"
 import { Database } from "../../core/db/database.ts"
 import { RedisClient } from "../../core/redis/redis.ts"
-import { makeKeys } from "../../core/redis/keys.ts"
-import { signingKey } from "../../core/signing.ts"
 import { events as apiRegistry } from "../api/events.ts"
 import { stsSpec } from "./config.ts"
 import { makeCoordinatorView } from "./coordinator-view.ts"
@@ -47,16 +45,7 @@ export const DirectoryConsumer = Layer.unwrap(Effect.gen(function*() {
 }))
 
 /** The audit stream at AUDIT_STREAM_URL, signed with STREAMS_HMAC_KEY. */
-export const StsAuditLog = Layer.unwrap(Effect.gen(function*() {
-  const config = (yield* ServiceConfig) as unknown as Loaded<typeof stsSpec>
-  const vars = config.vars
-  return AuditLog.layer({
-    url: Redacted.value(vars.AUDIT_STREAM_URL),
-    password: vars.REDIS_PASSWORD === undefined ? undefined : Redacted.value(vars.REDIS_PASSWORD),
-    keys: makeKeys(vars.REDIS_KEY_PREFIX),
-    signer: vars.STREAMS_HMAC_KEY === undefined ? undefined : signingKey(Redacted.value(vars.STREAMS_HMAC_KEY))
-  })
-}))
+export const StsAuditLog = auditLogFromConfig
 
 export interface TokenParts {
   readonly signingKey: ExchangeDeps["signingKey"]

@@ -1,0 +1,487 @@
+// The governed call: every request that is not /health, /ready or /metrics. In order:
+//
+//   1. which resource: `X-Caracal-Resource`, or else the first path segment (then the rest of
+//      the path is what is appended to the resource's upstream prefix)
+//   2. the mandate (`Authorization: Bearer`): the core verifier, per-call only, `aud` naming
+//      the resource, issuer pinned, zone keys from the sts's JWKS
+//   3. the resource in the mandate's zone, the caller's live binding to it, the zone and the
+//      application live, a grant when the resource needs consent, and nothing the mandate
+//      names revoked (its session, any edge of its delegation path, its grant, its credential)
+//   4. one Redis round trip: the (zone, resource, application) budget, then the jti claimed
+//   5. the credential to inject (released by the sts, cached while valid)
+//   6. the decision recorded on the audit stream — a refusal too; a failed write is 503
+//   7. the upstream call: resolved and checked against the SSRF guard, dialled at the checked
+//      address, hop-by-hop and the caller's credentials stripped, streamed both ways, never
+//      retried, never redirected; cut when a revocation names it mid-flight
+//
+// Plain Node code rather than an Effect route: it streams both ways and must be able to cut a
+// response in flight, and it is the hot path (see the gateway benchmark).
+import http from "node:http"
+import https from "node:https"
+import { pipeline } from "node:stream"
+import type { AuditRecord } from "../../schemas/audit-record.ts"
+import { AuthError, type MandateVerifier, parseBearer, type Mandate } from "../../core/mandate/verify.ts"
+import { requestIdOf } from "../../core/http/server.ts"
+import type { Directory } from "../api/directory.ts"
+import { CredentialUnavailable, type CredentialCache, type Injected } from "./credentials.ts"
+import type { ReplayGuard } from "./replay.ts"
+import type { Revocations, RevokedKind } from "./revocations.ts"
+import { type Allowlist, checkUpstream, type Resolve, UpstreamNotAllowed } from "./upstream-guard.ts"
+
+export type AuditDraft = Omit<AuditRecord, "id" | "occurred_at">
+
+export interface GatewayDeps {
+  readonly directory: Directory
+  readonly revocations: Revocations
+  readonly verifier: MandateVerifier
+  readonly replay: ReplayGuard
+  readonly credentials: CredentialCache
+  /** Appends to the audit stream; rejects when the stream does not take it. */
+  readonly audit: (record: AuditDraft) => Promise<void>
+  readonly budgetKey: (zoneId: string, resourceId: string, applicationId: string) => string
+  readonly allowlist: Allowlist
+  readonly resolve?: Resolve
+  readonly maxBodyBytes: number
+  readonly upstreamTimeoutMs: number
+  readonly ratePerMinute: number
+  readonly tls: boolean
+  /** Counts by outcome, for /metrics. */
+  readonly count: (decision: AuditRecord["decision"], reason: string) => void
+}
+
+/** A refusal: status, stable code, and the reason the audit record carries. */
+class Refusal {
+  readonly status: number
+  readonly code: string
+  readonly description: string
+  readonly reason: string
+  readonly decision: "deny" | "error"
+  readonly headers: Readonly<Record<string, string>>
+  constructor(
+    status: number,
+    code: string,
+    description: string,
+    reason: string = code,
+    decision: "deny" | "error" = "deny",
+    headers: Readonly<Record<string, string>> = {}
+  ) {
+    this.status = status
+    this.code = code
+    this.description = description
+    this.reason = reason
+    this.decision = decision
+    this.headers = headers
+  }
+}
+
+const deny = (status: number, code: string, description: string, reason?: string) => new Refusal(status, code, description, reason)
+
+// RFC 9110 §7.6.1 and the legacy proxy headers: they describe one connection, not the message
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade"
+])
+// what the agent presented to the gateway must never reach an upstream
+const CALLER_ONLY = new Set(["authorization", "cookie", "host", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"])
+
+const connectionListed = (headers: http.IncomingHttpHeaders | http.OutgoingHttpHeaders): Set<string> => {
+  const raw = headers.connection
+  const value = Array.isArray(raw) ? raw.join(",") : typeof raw === "string" ? raw : ""
+  return new Set(value.split(",").map((h) => h.trim().toLowerCase()).filter((h) => h !== ""))
+}
+
+/** The request headers for the upstream: end-to-end ones only, none of the caller's credentials. */
+const upstreamHeaders = (req: http.IncomingMessage, upstreamHost: string, tls: boolean, injected: Injected | undefined) => {
+  const listed = connectionListed(req.headers)
+  const out: Record<string, string | Array<string>> = {}
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || CALLER_ONLY.has(name) || listed.has(name) || name.startsWith("x-caracal-")) continue
+    out[name] = value
+  }
+  const forwardedFor = req.headers["x-forwarded-for"]
+  const peer = req.socket.remoteAddress ?? ""
+  out["x-forwarded-for"] = typeof forwardedFor === "string" && forwardedFor !== "" ? `${forwardedFor}, ${peer}` : peer
+  out["x-forwarded-proto"] = tls ? "https" : "http"
+  if (req.headers.host !== undefined) out["x-forwarded-host"] = req.headers.host
+  out.host = upstreamHost
+  if (injected !== undefined) out[injected.header] = injected.value
+  return out
+}
+
+const responseHeaders = (res: http.IncomingMessage) => {
+  const listed = connectionListed(res.headers)
+  const out: Record<string, string | Array<string>> = {}
+  for (const [name, value] of Object.entries(res.headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || listed.has(name)) continue
+    out[name] = value
+  }
+  return out
+}
+
+/** W3C trace context: the trace id of a well-formed traceparent, for the audit record. */
+const traceIdOf = (traceparent: string | Array<string> | undefined): string | null => {
+  const m = typeof traceparent === "string" ? /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(traceparent.trim()) : null
+  return m === null || /^0+$/.test(m[1]!) ? null : m[1]!
+}
+
+const IDENTIFIER = /^[A-Za-z0-9._:@~-]{1,200}$/
+
+/** The resource the request names, and the path (with query) to append to its upstream prefix. */
+const targetOf = (req: http.IncomingMessage): { identifier: string; rest: string } | Refusal => {
+  const url = req.url ?? "/"
+  if (!url.startsWith("/")) return deny(400, "invalid_request", "the request target must be a path")
+  const header = req.headers["x-caracal-resource"]
+  if (typeof header === "string" && header !== "") {
+    if (!IDENTIFIER.test(header)) return deny(400, "invalid_request", "X-Caracal-Resource is not a resource identifier")
+    return { identifier: header, rest: url }
+  }
+  const q = url.indexOf("?")
+  const path = q === -1 ? url : url.slice(0, q)
+  const slash = path.indexOf("/", 1)
+  const segment = slash === -1 ? path.slice(1) : path.slice(1, slash)
+  let identifier: string
+  try {
+    identifier = decodeURIComponent(segment)
+  } catch {
+    return deny(400, "invalid_request", "the first path segment is not a resource identifier")
+  }
+  if (!IDENTIFIER.test(identifier)) return deny(400, "invalid_request", "name the resource with X-Caracal-Resource or the first path segment")
+  return { identifier, rest: (slash === -1 ? "/" : path.slice(slash)) + (q === -1 ? "" : url.slice(q)) }
+}
+
+/** Joins the resource's upstream URL, its prefix and the request's remaining path. */
+const upstreamUrlOf = (upstream: string, prefix: string, rest: string): URL => {
+  const base = new URL(upstream)
+  const basePath = base.pathname.replace(/\/$/, "")
+  const q = rest.indexOf("?")
+  const path = q === -1 ? rest : rest.slice(0, q)
+  const joined = `${basePath}${prefix.replace(/\/$/, "")}${path === "/" && (basePath !== "" || prefix !== "") ? "" : path}`
+  const url = new URL(base.origin)
+  url.pathname = joined === "" ? "/" : joined
+  url.search = q === -1 ? "" : rest.slice(q)
+  return url
+}
+
+const send = (res: http.ServerResponse, requestId: string, r: Refusal) => {
+  if (res.headersSent) {
+    res.destroy()
+    return
+  }
+  const body = JSON.stringify({ error: r.code, error_description: r.description })
+  const headers: Record<string, string> = {
+    "content-type": "application/json",
+    "content-length": String(Buffer.byteLength(body)),
+    "cache-control": "no-store",
+    "x-request-id": requestId,
+    ...r.headers
+  }
+  if (r.status === 401) headers["www-authenticate"] = `Bearer error="${r.code === "replay_detected" ? "invalid_token" : r.code}"`
+  res.writeHead(r.status, headers)
+  res.end(body)
+}
+
+/** Keep-alive pools to the upstreams; sockets are dialled at the checked address (see call). */
+const agents = {
+  http: new http.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: "lifo" }),
+  https: new https.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: "lifo" })
+}
+
+interface Flight {
+  readonly mandate: Mandate
+  readonly zoneId: string
+  readonly bindingId: string
+  readonly grantId: string | undefined
+  readonly credentialId: string | undefined
+  readonly cut: () => void
+}
+
+const names = (f: Flight, kind: RevokedKind, id: string): boolean => {
+  switch (kind) {
+    case "session":
+      return f.mandate.agentSessionId === id
+    case "edge":
+      return f.mandate.delegationEdgeId === id || delegationPathOf(f.mandate).includes(id)
+    case "zone":
+      return f.zoneId === id
+    case "application":
+      return f.mandate.clientId === id
+    case "binding":
+      return f.bindingId === id
+    case "grant":
+      return f.grantId === id
+    case "credential":
+      return f.credentialId === id
+  }
+}
+
+/** The edges a delegated mandate was derived through (the sts's `delegation_path` claim). */
+const delegationPathOf = (m: Mandate): ReadonlyArray<string> => m.delegationPath ?? []
+
+export const makeProxy = (deps: GatewayDeps) => {
+  const flights = new Set<Flight>()
+  deps.revocations.onRevoked((kind, id) => {
+    if (kind === "credential") deps.credentials.drop(id)
+    for (const f of flights) if (names(f, kind, id)) f.cut()
+  })
+
+  /** Everything up to the upstream call: the decision, or a refusal. */
+  const decide = async (req: http.IncomingMessage, draft: { -readonly [K in keyof AuditDraft]: AuditDraft[K] }) => {
+    const target = targetOf(req)
+    if (target instanceof Refusal) return target
+    draft.resource = target.identifier
+    const declared = req.headers["content-length"]
+    if (declared !== undefined && Number(declared) > deps.maxBodyBytes) {
+      return deny(413, "payload_too_large", `request body exceeds ${deps.maxBodyBytes} bytes`)
+    }
+
+    let token: string
+    try {
+      token = parseBearer(req.headers.authorization)
+    } catch (e) {
+      return e instanceof AuthError ? deny(e.status, e.code, e.description) : deny(401, "invalid_token", "malformed mandate")
+    }
+    // the zone the mandate claims; the verifier checks that its key signed it
+    const claimedZone = zoneClaim(token)
+    if (claimedZone === undefined) return deny(401, "invalid_token", "mandate claim zone_id missing or invalid")
+    let mandate: Mandate
+    try {
+      mandate = await deps.verifier.verify(token, claimedZone, { use: "per_call", resource: target.identifier })
+    } catch (e) {
+      if (e instanceof AuthError) {
+        return e.status >= 500
+          ? new Refusal(503, e.code, e.description, "jwks_unavailable", "error")
+          : deny(e.status === 403 ? 401 : e.status, e.status === 403 ? "invalid_token" : e.code, e.description, e.description.replace(/ /g, "_"))
+      }
+      return deny(401, "invalid_token", "mandate could not be verified")
+    }
+    draft.zone_id = mandate.zoneId
+    draft.client_id = mandate.clientId
+    draft.jti = mandate.jti
+    draft.scope = [...mandate.scopes].join(" ")
+    draft.agent_session_id = mandate.agentSessionId ?? null
+    draft.delegation_edge_id = mandate.delegationEdgeId ?? null
+
+    const d = deps.directory
+    const resource = await d.resource(mandate.zoneId, target.identifier)
+    if (resource === undefined || !resource.live) return deny(401, "invalid_token", "the mandate's zone has no such resource", "unknown_resource")
+    const zone = await d.zone(mandate.zoneId)
+    if (zone === undefined || !zone.live || deps.revocations.isRevoked("zone", mandate.zoneId)) {
+      return deny(403, "forbidden", "the zone is archived", "zone_inactive")
+    }
+    const app = await d.application(mandate.zoneId, mandate.clientId)
+    if (app === undefined || !app.live || deps.revocations.isRevoked("application", mandate.clientId)) {
+      return deny(403, "forbidden", "the application is archived", "client_inactive")
+    }
+    const binding = await d.binding(mandate.zoneId, mandate.clientId, resource.id)
+    if (binding === undefined || !binding.live || deps.revocations.isRevoked("binding", binding.id)) {
+      return deny(403, "forbidden", "the application is not bound to this resource", "not_bound")
+    }
+    let grantId: string | undefined
+    if (resource.record.requiresGrant) {
+      const grant = await d.grant(mandate.zoneId, mandate.clientId, mandate.subject, resource.id)
+      if (grant === undefined || !grant.live || deps.revocations.isRevoked("grant", grant.id)) {
+        return deny(403, "forbidden", "the user's grant for this resource is revoked", "grant_revoked")
+      }
+      grantId = grant.id
+    }
+    if (deps.revocations.isRevoked("session", mandate.agentSessionId)) {
+      return deny(403, "forbidden", "the agent session has ended", "session_revoked")
+    }
+    for (const edge of [mandate.delegationEdgeId, ...delegationPathOf(mandate)]) {
+      if (deps.revocations.isRevoked("edge", edge)) return deny(403, "forbidden", "a delegation the mandate depends on is revoked", "delegation_revoked")
+    }
+    const credentialId = binding.record.credentialId ?? undefined
+    if (credentialId !== undefined && deps.revocations.isRevoked("credential", credentialId)) {
+      return deny(403, "forbidden", "the upstream credential is revoked", "credential_revoked")
+    }
+    if (resource.record.upstreamUrl === null) return deny(404, "no_upstream", "the resource has no upstream URL")
+
+    let claim: Awaited<ReturnType<ReplayGuard["claim"]>>
+    try {
+      claim = await deps.replay.claim(mandate.jti, mandate.expiresAt.getTime(), deps.budgetKey(mandate.zoneId, resource.id, mandate.clientId),
+        deps.ratePerMinute)
+    } catch {
+      return new Refusal(503, "temporarily_unavailable", "the replay check is unavailable", "replay_store_unavailable", "error")
+    }
+    if (claim === "replay") return deny(401, "replay_detected", "this per-call mandate has already been used", "replay_detected")
+    if (claim === "rate_limited") {
+      return new Refusal(429, "rate_limited", "too many requests for this resource", "rate_limited", "deny", { "retry-after": "60" })
+    }
+
+    let injected: Injected | undefined
+    if (credentialId !== undefined) {
+      try {
+        injected = await deps.credentials.get(credentialId, token)
+      } catch (e) {
+        if (e instanceof CredentialUnavailable && e.status < 500) return deny(403, "forbidden", "the upstream credential was not released", `credential_${e.reason}`)
+        return new Refusal(503, "temporarily_unavailable", "the upstream credential is unavailable", "credential_unavailable", "error")
+      }
+    }
+    const url = upstreamUrlOf(resource.record.upstreamUrl, resource.record.prefix, target.rest)
+    return { mandate, url, injected, bindingId: binding.id, grantId, credentialId }
+  }
+
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const started = performance.now()
+    const requestId = requestIdOf(req.headers["x-request-id"] as string | undefined)
+    const draft: { -readonly [K in keyof AuditDraft]: AuditDraft[K] } = {
+      zone_id: null,
+      source: "gateway",
+      kind: "proxy",
+      decision: "deny",
+      reason: null,
+      request_id: requestId,
+      trace_id: traceIdOf(req.headers.traceparent),
+      client_id: null,
+      agent_session_id: null,
+      delegation_edge_id: null,
+      resource: null,
+      scope: null,
+      jti: null,
+      status: null,
+      latency_ms: null
+    }
+    const refuse = async (r: Refusal) => {
+      draft.decision = r.decision
+      draft.reason = r.reason
+      draft.status = r.status
+      draft.latency_ms = Math.round((performance.now() - started) * 1000) / 1000
+      deps.count(r.decision, r.reason)
+      try {
+        await deps.audit(draft)
+      } catch {
+        // the refusal stands either way; only its status says the record is missing
+        return send(res, requestId, new Refusal(503, "temporarily_unavailable", "the audit stream is unavailable"))
+      }
+      req.resume()
+      send(res, requestId, r)
+    }
+
+    decide(req, draft).then(async (decision) => {
+      if (decision instanceof Refusal) return refuse(decision)
+      let checked
+      try {
+        checked = await checkUpstream(decision.url, deps.allowlist, deps.resolve)
+      } catch (e) {
+        if (e instanceof UpstreamNotAllowed) return refuse(deny(403, "upstream_not_allowed", "the upstream address is not allowed"))
+        throw e
+      }
+      draft.decision = "allow"
+      draft.reason = null
+      draft.latency_ms = Math.round((performance.now() - started) * 1000) / 1000
+      try {
+        await deps.audit(draft)
+      } catch {
+        deps.count("error", "audit_unavailable")
+        req.resume()
+        return send(res, requestId, new Refusal(503, "temporarily_unavailable", "the audit stream is unavailable"))
+      }
+      deps.count("allow", "allowed")
+      forward(req, res, requestId, decision, checked)
+    }).catch(() => {
+      // a bug, not a decision: the caller gets a 500 without details (never a stack trace)
+      deps.count("error", "internal")
+      req.resume()
+      send(res, requestId, new Refusal(500, "server_error", "the gateway failed"))
+    })
+  }
+
+  const forward = (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    requestId: string,
+    d: { mandate: Mandate; url: URL; injected: Injected | undefined; bindingId: string; grantId: string | undefined; credentialId: string | undefined },
+    checked: { address: string; family: 4 | 6 }
+  ) => {
+    const secure = d.url.protocol === "https:"
+    const upstream = (secure ? https : http).request({
+      protocol: d.url.protocol,
+      hostname: d.url.hostname.replace(/^\[|\]$/g, ""),
+      port: d.url.port === "" ? undefined : Number(d.url.port),
+      path: d.url.pathname + d.url.search,
+      method: req.method,
+      headers: upstreamHeaders(req, d.url.host, deps.tls, d.injected),
+      agent: secure ? agents.https : agents.http,
+      // dial the address the guard checked, never a fresh resolution of the name
+      lookup: ((_host: string, options: { all?: boolean }, cb: (...args: Array<unknown>) => void) =>
+        options.all ? cb(null, [{ address: checked.address, family: checked.family }]) : cb(null, checked.address, checked.family)) as never,
+      ...(secure ? { servername: d.url.hostname } : {})
+    })
+    let finished = false
+    const flight: Flight = {
+      mandate: d.mandate,
+      zoneId: d.mandate.zoneId,
+      bindingId: d.bindingId,
+      grantId: d.grantId,
+      credentialId: d.credentialId,
+      cut: () => {
+        // revoked mid-flight: no more bytes either way
+        finished = true
+        upstream.destroy()
+        if (res.headersSent) res.destroy()
+        else send(res, requestId, deny(403, "forbidden", "revoked while in flight", "revoked_in_flight"))
+      }
+    }
+    flights.add(flight)
+    const done = () => {
+      finished = true
+      clearTimeout(timer)
+      flights.delete(flight)
+    }
+    res.on("close", () => {
+      if (!res.writableFinished) upstream.destroy()
+      done()
+    })
+    const timer = setTimeout(() => {
+      if (finished || res.headersSent) return
+      upstream.destroy()
+      send(res, requestId, new Refusal(504, "gateway_timeout", "the upstream did not answer in time"))
+    }, deps.upstreamTimeoutMs)
+
+    let received = 0
+    req.on("data", (chunk: Buffer) => {
+      received += chunk.length
+      if (received > deps.maxBodyBytes) {
+        upstream.destroy()
+        req.unpipe(upstream)
+        send(res, requestId, deny(413, "payload_too_large", `request body exceeds ${deps.maxBodyBytes} bytes`))
+      }
+    })
+    req.pipe(upstream)
+    upstream.on("response", (up) => {
+      clearTimeout(timer)
+      if (finished) return up.destroy()
+      res.writeHead(up.statusCode ?? 502, { ...responseHeaders(up), "x-request-id": requestId })
+      // SSE and chunked bodies pass as they come: no buffering, headers out at once
+      res.flushHeaders()
+      pipeline(up, res, () => done())
+    })
+    upstream.on("error", () => {
+      if (finished) return
+      clearTimeout(timer)
+      send(res, requestId, new Refusal(502, "bad_gateway", "the upstream could not be reached"))
+      done()
+    })
+  }
+
+  return { handle, flights }
+}
+
+/** The zone_id a token claims (unverified: it only picks the zone's keys). */
+const zoneClaim = (token: string): string | undefined => {
+  const payload = token.split(".")[1]
+  if (payload === undefined) return undefined
+  try {
+    const zone = (JSON.parse(Buffer.from(payload, "base64url").toString("utf8")) as { zone_id?: unknown }).zone_id
+    return typeof zone === "string" && /^[A-Za-z0-9._:-]{1,128}$/.test(zone) ? zone : undefined
+  } catch {
+    return undefined
+  }
+}
