@@ -17,6 +17,8 @@ export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 export interface ReadyCheck {
   readonly name: string
   readonly check: Effect.Effect<void, unknown>
+  /** What /ready shows beside the verdict (e.g. how many records a projection holds). */
+  readonly detail?: () => unknown
 }
 
 // Checks a service's own layers add while they are built (an in-memory projection that is
@@ -148,7 +150,10 @@ export const operationalRoutes = (service: string, readyChecks: ReadonlyArray<Re
       "GET",
       "/ready",
       Effect.gen(function*() {
-        const results = yield* Effect.forEach([...readyChecks, ...registered], (c) =>
+        // details are read before the checks: a count shown beside "ok" was taken no later than the verdict
+        const all = [...readyChecks, ...registered]
+        const details = Object.fromEntries(all.flatMap((c) => (c.detail === undefined ? [] : [[c.name, c.detail()]])))
+        const results = yield* Effect.forEach(all, (c) =>
           c.check.pipe(
             Effect.timeout("2 seconds"),
             Effect.as({ name: c.name, ok: true }),
@@ -156,7 +161,8 @@ export const operationalRoutes = (service: string, readyChecks: ReadonlyArray<Re
           ), { concurrency: "unbounded" })
         const ready = results.every((r) => r.ok)
         const checks = Object.fromEntries(results.map((r) => [r.name, r.ok ? "ok" : "unavailable"]))
-        return Res.jsonUnsafe({ status: ready ? "ready" : "not_ready", service, checks }, { status: ready ? 200 : 503 })
+        return Res.jsonUnsafe({ status: ready ? "ready" : "not_ready", service, checks, ...(Object.keys(details).length > 0 ? { details } : {}) },
+          { status: ready ? 200 : 503 })
       })
     ),
     HttpRouter.add(

@@ -291,6 +291,8 @@ export const makeMandateVerifier = (options: MandateVerifierOptions): MandateVer
     const payload = decodePart(parts[1] as string)
     if (header === undefined || payload === undefined) throw invalidToken("malformed mandate")
     if (!(ALLOWED_ALGORITHMS as ReadonlyArray<unknown>).includes(header.alg)) throw invalidToken("mandate algorithm not allowed")
+    // keys named or carried by the token itself: ours never has them, and none is ever fetched or used
+    for (const h of ["jku", "x5u", "jwk", "x5c", "crit"]) if (h in header) throw invalidToken(`mandate header ${h} not accepted`)
     // a JWS of another type (an ID token, a logout token) is not a mandate, whatever it claims
     const typ = header.typ
     if (typ === undefined ? options.requireTyp === true : typeof typ !== "string" || typ.toUpperCase() !== "JWT") {

@@ -30,7 +30,16 @@ const caughtUp = (runner: { readonly caughtUp: boolean }) => Effect.suspend(() =
 export class GatewayDirectory extends Context.Service<GatewayDirectory, Directory>()("caracal/gateway/Directory") {
   static readonly layer = Layer.effect(GatewayDirectory, Effect.gen(function*() {
     const directory = makeDirectory((yield* Database).db)
-    yield* addReadyCheck({ name: "bindings", check: caughtUp(directory.runner) })
+    const live = (m: Map<string, { readonly live: boolean }>) => {
+      let n = 0
+      for (const e of m.values()) if (e.live) n++
+      return n
+    }
+    yield* addReadyCheck({
+      name: "bindings",
+      check: caughtUp(directory.runner),
+      detail: () => ({ bindings: live(directory.runner.state.bindings), resources: live(directory.runner.state.resources) })
+    })
     return directory
   }))
 }
@@ -38,7 +47,11 @@ export class GatewayDirectory extends Context.Service<GatewayDirectory, Director
 export class GatewayRevocations extends Context.Service<GatewayRevocations, Revocations>()("caracal/gateway/Revocations") {
   static readonly layer = Layer.effect(GatewayRevocations, Effect.gen(function*() {
     const revocations = makeRevocations((yield* Database).db)
-    yield* addReadyCheck({ name: "revocations", check: caughtUp(revocations.runner) })
+    yield* addReadyCheck({
+      name: "revocations",
+      check: caughtUp(revocations.runner),
+      detail: () => Object.fromEntries([...revocations.runner.state.revoked].map(([kind, ids]) => [kind, ids.size]))
+    })
     return revocations
   }))
 }
