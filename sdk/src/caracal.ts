@@ -232,7 +232,7 @@ export class Caracal {
   }
 
   /** Spawns a child of the current agent; outside an agent this is an error. */
-  spawnChild<T>(fn: (child: Agent) => T | Promise<T>, opts: Omit<SpawnOptions, "parent"> = {}): Promise<T> {
+  async spawnChild<T>(fn: (child: Agent) => T | Promise<T>, opts: Omit<SpawnOptions, "parent"> = {}): Promise<T> {
     const parent = this.#requireAgent("spawnChild")
     return this.spawn(fn, { ...opts, parent })
   }
