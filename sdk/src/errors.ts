@@ -1,7 +1,7 @@
 // Errors the SDK raises. A refusal keeps the server's stable `error` code (and the sts's
 // `reason`), so callers branch on codes, never on message text.
 
-export type CaracalService = "coordinator" | "sts" | "gateway" | "config"
+export type CaracalService = "coordinator" | "sts" | "gateway" | "api" | "config"
 
 export class CaracalError extends Error {
   override readonly name: string = "CaracalError"
