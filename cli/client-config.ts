@@ -132,7 +132,7 @@ export const parseCaracalToml = (file: string, source: string): CaracalToml => {
   let mcpMode: "block" | "log" = "block"
   if (doc.mcp_governance !== undefined) {
     const m = doc.mcp_governance
-    if (typeof m !== "object" || m === null || Array.isArray(m)) fail("mcp_governance", "must be a table ([mcp_governance])", "mcp_governance")
+    if (typeof m !== "object" || m === null || Array.isArray(m)) fail("mcp_governance", "must be a table ([mcp_governance])")
     const g = m as Record<string, unknown>
     for (const k of Object.keys(g)) if (k !== "mode") fail(`mcp_governance.${k}`, "unknown field", "mcp_governance", undefined, k)
     if (g.mode !== undefined) {
