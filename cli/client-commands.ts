@@ -16,7 +16,7 @@ import {
   delegationsRevoke,
   delegationsTraverse
 } from "./agents.ts"
-import { ClientConfigError, clientVariables, discoverConfig, loadClientEnv } from "./client-config.ts"
+import { ClientConfigError, clientVariables, discoverConfig, loadClientEnv, writeDemoConfig } from "./client-config.ts"
 import { EXIT } from "./exit.ts"
 import { type Out, UsageError } from "./output.ts"
 import { endLikeChild, RunRefused, runGoverned } from "./run.ts"
@@ -233,6 +233,17 @@ const configCommand = Command.make("config").pipe(
         }
         printRecord(out, o.json, shown)
       })).pipe(Command.withDescription("where each setting comes from (secrets shown as set / not set)")),
+    Command.make("init", {
+      demo: Flag.Boolean("demo").pipe(Flag.withDefault(false), Flag.withDescription("for the demo zone npm start made ($XDG_DATA_HOME/caracal/demo.json)")),
+      force: Flag.Boolean("force").pipe(Flag.withDefault(false), Flag.withDescription("replace an existing caracal.toml")),
+      json
+    }, (o) =>
+      attempt(async () => {
+        if (!o.demo) throw new UsageError("only --demo is supported: write caracal.toml by hand for your own zone (README: caracal.toml)")
+        const env = loadClientEnv({ ...process.env, CARACAL_CONFIG: undefined }, process.cwd(), { skipToml: true })
+        const file = writeDemoConfig(env, process.cwd(), o.force)
+        out(o.json ? JSON.stringify({ written: file }) : `wrote ${file} (the demo application's secret is in it: mode 0600)`)
+      })).pipe(Command.withDescription("write ./caracal.toml for the demo zone (its secret stays out of the output)")),
     Command.make("variables", { json }, (o) =>
       attempt(async () => {
         for (const v of clientVariables) {

@@ -152,3 +152,34 @@ describe("trees", () => {
     ])
   })
 })
+
+describe("the README", () => {
+  it("shows the client variables generated from cli/client-config.ts (run npm run docs:config)", async () => {
+    const { readFileSync } = await import("node:fs")
+    const { withClientTable } = await import("../../cli/client-config.ts")
+    const { repoRoot } = await import("../../core/stack-env.ts")
+    const readme = readFileSync(path.join(repoRoot, "README.md"), "utf8")
+    expect(readme).toBe(withClientTable(readme))
+  })
+})
+
+describe("caracal config init --demo", () => {
+  it("writes a caracal.toml for npm start's demo zone that parses, mode 0600, and never overwrites silently", async () => {
+    const { statSync, readFileSync } = await import("node:fs")
+    const { writeDemoConfig } = await import("../../cli/client-config.ts")
+    const root = mkdtempSync(path.join(os.tmpdir(), "caracal-demo-"))
+    const data = path.join(root, "data")
+    const env = loadClientEnv({ HOME: root, XDG_DATA_HOME: data }, root, { skipToml: true })
+    expect(() => writeDemoConfig(env, root, false)).toThrow(/demo\.json does not exist: run npm start first/)
+    mkdirSync(path.join(data, "caracal"), { recursive: true })
+    writeFileSync(path.join(data, "caracal", "demo.json"), JSON.stringify({ zone_id: "z9", application_id: "app9", client_secret: "cs_9", resource: "demo-api" }))
+    const file = writeDemoConfig(env, root, false)
+    expect(statSync(file).mode & 0o777).toBe(0o600)
+    expect(parseCaracalToml(file, readFileSync(file, "utf8"))).toMatchObject({
+      zoneUrl: "http://localhost:3000", zoneId: "z9", applicationId: "app9", appClientSecret: "cs_9",
+      credentials: [{ env: "DEMO_API_TOKEN", resource: "demo-api" }], mcpMode: "block"
+    })
+    expect(() => writeDemoConfig(env, root, false)).toThrow(/exists \(--force replaces it\)/)
+    expect(writeDemoConfig(env, root, true)).toBe(file)
+  })
+})
