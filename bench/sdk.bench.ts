@@ -5,14 +5,20 @@
 // per-pair differences (target ≤ 0.2 ms). The bare server stands in for the gateway, so
 // both paths hit the same listener. Then the per-call exchange (SDK → real sts: client
 // authenticated by the ambient mandate, policy asked, mandate signed, audit appended).
-import { createServer } from "node:http"
+// Then the same through the real gateway: each call needs its own mandate (the gateway
+// refuses a replay), so mandates are minted first and each pair spends two; beside it the
+// whole governed path (exchange + gateway + upstream) and the bare proxy ceiling (a Node
+// proxy that only pipes the request to the same upstream).
+import { createServer, request as httpRequest } from "node:http"
 import type { AddressInfo } from "node:net"
 import { Agent, Caracal, CoordinatorClient } from "../sdk/src/index.ts"
+import { startGatewayStack } from "../test/fixtures/gateway.ts"
 import { startZone } from "../test/fixtures/zone.ts"
 import { percentile, report } from "./lib.ts"
 
 const N = Number(process.env.BENCH_N ?? 5000)
 const EXCHANGES = Number(process.env.BENCH_EXCHANGES ?? 300)
+const GATEWAY_PAIRS = Number(process.env.BENCH_GATEWAY_PAIRS ?? 500)
 
 const server = createServer((req, res) => {
   req.resume()
@@ -107,5 +113,90 @@ if (EXCHANGES > 0) {
     report({ bench: "sdk", metric: "exchange_p99", value: percentile(sorted(times), 99), unit: "ms", ceiling: percentile(sorted(health), 99) })
   } finally {
     await z.close()
+  }
+}
+
+// through the real gateway
+if (GATEWAY_PAIRS > 0) {
+  const g = await startGatewayStack("bench_sdk_gw", { gatewayVars: { LOG_LEVEL: "warn" } })
+  const proxy = createServer((req, res) => {
+    const up = httpRequest({ host: "127.0.0.1", port: g.upstream.port, path: `/base${req.url}`, method: req.method, headers: req.headers }, (ur) => {
+      res.writeHead(ur.statusCode ?? 502, ur.headers)
+      ur.pipe(res)
+    })
+    req.pipe(up)
+  })
+  await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r))
+  const proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`
+  try {
+    const real = new Caracal({
+      coordinator: new CoordinatorClient({ baseUrl: g.coordinator.url }),
+      zoneId: g.zone,
+      applicationId: g.app.id,
+      subjectToken: await g.ambient(),
+      gatewayUrl: g.gateways[0]!.url,
+      stsUrl: g.api.sts.url,
+      resources: [{ resourceId: "api", upstreamPrefix: "http://upstream.example" }]
+    })
+    const session = await real.startSession()
+    const mandates: Array<string> = []
+    for (let i = 0; i < 2 * GATEWAY_PAIRS + 100; i++) mandates.push((await session.exchange("api")).accessToken)
+    const viaGateway = async (m: string) => {
+      const res = await fetch(`${g.gateways[0]!.url}/items`, {
+        headers: { authorization: `Bearer ${m}`, "x-caracal-resource": "api", traceparent: `00-${session.traceId}-00f067aa0ba902b7-01`, baggage: `caracal.agent_session_id=${session.id}` }
+      })
+      await res.text()
+      if (res.status !== 200) throw new Error(`gateway answered ${res.status}`)
+    }
+    const viaSdk = async (m: string) => {
+      const res = await session.fetch("http://upstream.example/items", undefined, { mandate: m })
+      await res.text()
+      if (res.status !== 200) throw new Error(`gateway answered ${res.status}`)
+    }
+    const bare = async () => void (await (await fetch(`${proxyUrl}/items`)).text())
+    for (let i = 0; i < 50; i++) {
+      await viaGateway(mandates.pop()!)
+      await viaSdk(mandates.pop()!)
+      await bare()
+    }
+    const gw: Array<number> = []
+    const sdk: Array<number> = []
+    const d: Array<number> = []
+    const proxied: Array<number> = []
+    for (let i = 0; i < GATEWAY_PAIRS; i++) {
+      let t = performance.now()
+      await bare()
+      proxied.push(performance.now() - t)
+      const a = mandates.pop()!
+      const b = mandates.pop()!
+      const order = i % 2 === 0
+      const times: Array<number> = []
+      for (const f of order ? [() => viaGateway(a), () => viaSdk(b)] : [() => viaSdk(b), () => viaGateway(a)]) {
+        t = performance.now()
+        await f()
+        times.push(performance.now() - t)
+      }
+      const [x, y] = order ? [times[0]!, times[1]!] : [times[1]!, times[0]!]
+      gw.push(x)
+      sdk.push(y)
+      d.push(y - x)
+    }
+    const whole: Array<number> = []
+    for (let i = 0; i < Math.min(GATEWAY_PAIRS, 300); i++) {
+      const t = performance.now()
+      const res = await session.fetch("http://upstream.example/items")
+      await res.text()
+      whole.push(performance.now() - t)
+    }
+    const bareP50 = percentile(sorted(proxied), 50)
+    report({ bench: "sdk", metric: "gateway_direct_p50", value: percentile(sorted(gw), 50), unit: "ms", ceiling: bareP50 })
+    report({ bench: "sdk", metric: "gateway_sdk_preminted_p50", value: percentile(sorted(sdk), 50), unit: "ms", ceiling: bareP50 })
+    report({ bench: "sdk", metric: "gateway_sdk_overhead_p50", value: percentile(sorted(d), 50), unit: "ms", ceiling: 0.2 })
+    report({ bench: "sdk", metric: "governed_path_p50", value: percentile(sorted(whole), 50), unit: "ms", ceiling: bareP50 })
+    report({ bench: "sdk", metric: "governed_path_p99", value: percentile(sorted(whole), 99), unit: "ms", ceiling: percentile(sorted(proxied), 99) })
+    await session.end()
+  } finally {
+    proxy.close()
+    await g.close()
   }
 }
