@@ -40,8 +40,10 @@ export class RunRefused extends Error {
 const describe = (e: unknown) =>
   e instanceof CaracalError ? `${e.code}${e.reason ? ` (${e.reason})` : ""}: ${e.description}` : e instanceof Error ? e.message : String(e)
 
+// whatever the sts answered (access_denied, invalid_target, invalid_client…) it refused the
+// mandate: one code for "not authorised to run this", apart from the sts not answering
 const exitCodeOf = (e: unknown) =>
-  e instanceof CaracalError ? (e.code === "unreachable" ? EXIT.unreachable : e.status === 401 || e.status === 403 ? EXIT.denied : EXIT.failed) : EXIT.failed
+  e instanceof CaracalError ? (e.code === "unreachable" ? EXIT.unreachable : EXIT.denied) : EXIT.failed
 
 const FORWARDED: ReadonlyArray<NodeJS.Signals> = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"]
 
