@@ -14,6 +14,45 @@ let gateway: Recorder
 let upstream: Recorder
 let subjectToken: string
 
+/**
+ * A proxy in front of a service that forwards every request but destroys the connection
+ * instead of answering the first one `drop` picks: the request was served, its answer lost.
+ */
+const dropFirstAnswer = async (targetUrl: string, drop: (method: string) => boolean) => {
+  const seen: Array<{ method: string; headers: Record<string, string | string[] | undefined> }> = []
+  let dropped = false
+  const target = new URL(targetUrl)
+  const proxy = createServer((req, res) => {
+    const chunks: Array<Buffer> = []
+    req.on("data", (c: Buffer) => chunks.push(c))
+    req.on("end", () => {
+      seen.push({ method: req.method ?? "", headers: req.headers })
+      const up = httpRequest({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers: req.headers }, (ur) => {
+        const body: Array<Buffer> = []
+        ur.on("data", (c: Buffer) => body.push(c))
+        ur.on("end", () => {
+          if (!dropped && drop(req.method ?? "")) {
+            dropped = true
+            return req.socket.destroy()
+          }
+          res.writeHead(ur.statusCode ?? 500, ur.headers)
+          res.end(Buffer.concat(body))
+        })
+      })
+      up.end(Buffer.concat(chunks))
+    })
+  })
+  await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r))
+  return {
+    url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`,
+    seen,
+    close: () => {
+      proxy.closeAllConnections()
+      return new Promise<void>((r) => proxy.close(() => r()))
+    }
+  }
+}
+
 const claims = (jwt: string) => JSON.parse(Buffer.from(jwt.split(".")[1]!, "base64url").toString()) as Record<string, any>
 
 const client = (over: Partial<ConstructorParameters<typeof Caracal>[0]> = {}) =>
@@ -95,47 +134,38 @@ describe("sessions", () => {
   })
 
   it("one Idempotency-Key per logical spawn, resent on the retry after a lost answer: one session", async () => {
-    // a proxy that forwards the first spawn to the coordinator but drops its answer
-    const seen: Array<string> = []
-    let dropped = false
-    const target = new URL(z.coordinator.url)
-    const proxy = createServer((req, res) => {
-      const chunks: Array<Buffer> = []
-      req.on("data", (c: Buffer) => chunks.push(c))
-      req.on("end", () => {
-        if (req.method === "POST") seen.push(String(req.headers["idempotency-key"]))
-        const up = httpRequest({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers: req.headers }, (ur) => {
-          const body: Array<Buffer> = []
-          ur.on("data", (c: Buffer) => body.push(c))
-          ur.on("end", () => {
-            if (req.method === "POST" && !dropped) {
-              dropped = true
-              return req.socket.destroy()
-            }
-            res.writeHead(ur.statusCode ?? 500, ur.headers)
-            res.end(Buffer.concat(body))
-          })
-        })
-        up.end(Buffer.concat(chunks))
-      })
-    })
-    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r))
+    // the first spawn reaches the coordinator, its answer is lost
+    const proxy = await dropFirstAnswer(z.coordinator.url, (method) => method === "POST")
     try {
-      const caracal = client({ coordinator: new CoordinatorClient({ baseUrl: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, retry: { baseDelayMs: 10 } }) })
+      const caracal = client({ coordinator: new CoordinatorClient({ baseUrl: proxy.url, retry: { baseDelayMs: 10 } }) })
       const agent = await caracal.startSession({ metadata: { run: "idem" } })
-      expect(seen).toHaveLength(2)
-      expect(seen[0]).toBe(seen[1])
-      expect(seen[0]).toMatch(/^[0-9a-f-]{36}$/)
+      const keys = proxy.seen.filter((r) => r.method === "POST").map((r) => r.headers["idempotency-key"])
+      expect(keys).toHaveLength(2)
+      expect(keys[0]).toBe(keys[1])
+      expect(keys[0]).toMatch(/^[0-9a-f-]{36}$/)
       const mine = (await caracal.coordinator.list(z.zoneId, { limit: 500 }, { token: subjectToken })).items
         .filter((s) => (s.metadata as { run?: string }).run === "idem")
       expect(mine.map((s) => s.id)).toEqual([agent.id])
       await agent.end()
       // a second logical spawn has a key of its own
       await caracal.spawn(() => undefined)
-      expect(seen[2]).not.toBe(seen[0])
+      const later = proxy.seen.filter((r) => r.method === "POST").map((r) => r.headers["idempotency-key"])
+      expect(later[2]).not.toBe(keys[0])
     } finally {
-      proxy.closeAllConnections()
-      await new Promise((r) => proxy.close(r))
+      await proxy.close()
+    }
+  })
+
+  it("an exchange is never resent: a lost answer is a CaracalError `unreachable`, after one request", async () => {
+    const proxy = await dropFirstAnswer(z.h.sts.url, () => true)
+    try {
+      const caracal = client({ stsUrl: proxy.url })
+      await expect(caracal.exchange("api")).rejects.toMatchObject({ code: "unreachable", status: 0, service: "sts" })
+      expect(proxy.seen).toHaveLength(1)
+      // the next one goes through
+      expect((await caracal.exchange("api")).resources).toEqual(["api"])
+    } finally {
+      await proxy.close()
     }
   })
 })
@@ -200,8 +230,12 @@ describe("governed fetch", () => {
       expect(res.status).toBe(200)
       // the longest prefix wins
       await caracal.fetch("http://upstream.test/reports/7")
-      // a caller's traceparent is continued
-      await caracal.fetch(new Request("http://upstream.test/x", { headers: { traceparent: `00-${"a".repeat(32)}-${"b".repeat(16)}-01` } }))
+      // a caller's traceparent is continued; a Request's method and streamed body move with it
+      await caracal.fetch(new Request("http://upstream.test/x", {
+        method: "PUT",
+        body: "streamed",
+        headers: { traceparent: `00-${"a".repeat(32)}-${"b".repeat(16)}-01` }
+      }))
     })
     const [first, second, third] = gateway.requests
     expect(first).toMatchObject({ method: "POST", path: "/v1/items?q=1", body: "hello" })
@@ -216,6 +250,7 @@ describe("governed fetch", () => {
     const secondMandate = String(second!.headers.authorization).replace(/^Bearer /, "")
     expect(claims(secondMandate).jti).not.toBe(claims(mandate).jti)
     expect(third!.headers.traceparent).toMatch(new RegExp(`^00-${"a".repeat(32)}-`))
+    expect(third).toMatchObject({ method: "PUT", path: "/x", body: "streamed" })
   })
 
   it("other URLs pass untouched; a pre-minted mandate is used as given", async () => {
