@@ -78,10 +78,17 @@ export const drawTree = <N>(nodes: ReadonlyArray<N>, id: (n: N) => string, paren
   return lines
 }
 
-export const agentsList = async (c: AgentsContext, o: { application?: string | undefined; status?: string | undefined; limit: number }) => {
+export const agentsList = async (c: AgentsContext, o: { application?: string | undefined; status?: string | undefined; limit: number; all: boolean }) => {
   const s = await session(c)
-  const page = await s.client.list(s.zone, { applicationId: o.application, status: o.status, limit: o.limit }, s.auth)
-  printRows(c.out, page.items, { json: c.json, columns: sessionColumns, toJson: (x) => x, empty: "no agent sessions" })
+  const items: Array<AgentSessionView> = []
+  let cursor: string | undefined
+  do {
+    const page = await s.client.list(s.zone, { applicationId: o.application, status: o.status, limit: o.limit, ...(cursor ? { cursor } : {}) }, s.auth)
+    items.push(...page.items)
+    cursor = page.next_cursor ?? undefined
+  } while (o.all && cursor !== undefined)
+  printRows(c.out, items, { json: c.json, columns: sessionColumns, toJson: (x) => x, empty: "no agent sessions" })
+  if (cursor !== undefined && !c.json) c.out("(more: --all)")
 }
 
 export const agentsGet = async (c: AgentsContext, id: string) => {

@@ -144,7 +144,8 @@ const agentsCommand = Command.make("agents").pipe(
       json,
       application: opt("application", "only this application's sessions"),
       status: opt("status", "active, suspended, terminated"),
-      limit: Flag.Int("limit").pipe(Flag.withDefault(50), Flag.withDescription("1-500"))
+      limit: Flag.Int("limit").pipe(Flag.withDefault(50), Flag.withDescription("page size, 1-500")),
+      all: Flag.Boolean("all").pipe(Flag.withDefault(false), Flag.withDescription("follow every page"))
     }, (o) => attempt(() => agentsList(agentsContext(o), o))).pipe(Command.withDescription("sessions, newest first")),
     Command.make("get", { zone, json, id: id("the session id") }, (o) => attempt(() => agentsGet(agentsContext(o), o.id))).pipe(
       Command.withDescription("one session")

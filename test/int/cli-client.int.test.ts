@@ -302,6 +302,13 @@ describe("agents and delegations", () => {
     const list = await caracal(["agents", "list", "--json"], env)
     expect(list.code, list.stderr).toBe(0)
     expect(list.stdout.trim().split("\n").map((l) => JSON.parse(l).id)).toEqual(expect.arrayContaining([root.id, a.id, b.id, a1.id]))
+    // pages of 2, followed to the end; newest first
+    const paged = await caracal(["agents", "list", "--limit", "2", "--all", "--json"], env)
+    const pagedIds = paged.stdout.trim().split("\n").map((l) => JSON.parse(l).id)
+    expect(pagedIds.slice(0, 4)).toEqual([a1.id, b.id, a.id, root.id])
+    const one = await caracal(["agents", "list", "--limit", "2"], env)
+    expect(one.stdout.trim().split("\n")).toHaveLength(4)
+    expect(one.stdout).toContain("(more: --all)")
 
     const tree = await caracal(["agents", "tree", root.id], env)
     expect(tree.code, tree.stderr).toBe(0)
