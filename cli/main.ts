@@ -11,6 +11,8 @@ import path from "node:path"
 import { ConfigInvalid } from "../core/config/load.ts"
 import type { Tables } from "../core/db/tables.ts"
 import { events as registry } from "../services/events.ts"
+import { clientCommands } from "./client-commands.ts"
+import { ClientConfigError, loadEnvFile } from "./client-config.ts"
 import { printLag } from "./consumers.ts"
 import { printDeadLetters, runRequeueDeadLetter, showDeadLetter } from "./dlq.ts"
 import { type CliEnv, loadCliEnv, openDatabase, openRedis } from "./env.ts"
@@ -23,7 +25,7 @@ const out: Out = (line) => void process.stdout.write(`${line}\n`)
 
 /** What the operator reads when a command fails: the message, never a stack trace. */
 export const messageOf = (e: unknown): string => {
-  if (e instanceof UsageError || e instanceof ConfigInvalid) return e.message
+  if (e instanceof UsageError || e instanceof ConfigInvalid || e instanceof ClientConfigError) return e.message
   // Node reports a refused connection to a dual-stack host as an AggregateError with an empty message
   if (e instanceof AggregateError && e.message === "") return e.errors.map(messageOf).join("; ")
   if (e instanceof Error) return e.message || (e as { code?: string }).code || e.name
@@ -157,14 +159,28 @@ const lag = Command.make("lag", { streams: streams("stream (repeatable); default
 const consumersCommand = Command.make("consumers").pipe(Command.withDescription("consumer groups"), Command.withSubcommands([lag]))
 
 export const caracal = Command.make("caracal").pipe(
-  Command.withDescription("operate the Caracal event backbone"),
-  Command.withSubcommands([eventsCommand, outboxCommand, dlqCommand, projectionsCommand, consumersCommand])
+  Command.withDescription("the Caracal command line: run with mandates, administer zones, govern agents, operate the event backbone"),
+  Command.withSubcommands([
+    ...clientCommands,
+    eventsCommand, outboxCommand, dlqCommand, projectionsCommand, consumersCommand
+  ])
 )
 
 const version = (JSON.parse(readFileSync(path.join(import.meta.dirname, "../package.json"), "utf8")) as { version: string }).version
 
-export const runCli = (argv: ReadonlyArray<string>) => Command.runWith(caracal, { version })(argv)
+export const runCli = (argv: ReadonlyArray<string>) =>
+  Effect.suspend(() => {
+    // the .env (CARACAL_ENV_FILE or ./.env) is read before any command reads a variable
+    try {
+      loadEnvFile()
+    } catch (e) {
+      process.stderr.write(`${messageOf(e)}\n`)
+      process.exit(2)
+    }
+    return Command.runWith(caracal, { version })(argv)
+  })
 
-if (import.meta.main) {
-  runCli(process.argv.slice(2)).pipe(Effect.provide(NodeServices.layer), NodeRuntime.runMain)
-}
+/** The process entry: `node cli/main.ts …`, or the `caracal` bin (cli/caracal.mjs) importing this module. */
+export const main = (argv: ReadonlyArray<string>) => runCli(argv).pipe(Effect.provide(NodeServices.layer), NodeRuntime.runMain)
+
+if (import.meta.main) main(process.argv.slice(2))

@@ -3,6 +3,7 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { createServer } from "node:http"
 import os from "node:os"
 import path from "node:path"
 import { repoRoot, stackEnv } from "../core/stack-env.ts"
@@ -43,6 +44,19 @@ const services = [
   { name: "audit", port: 9090 }
 ].map((s) => ({ ...s, port: s.port + offset }))
 
+// The demo upstream the demo zone's resource points at: a first governed call needs something
+// behind the gateway. On loopback, so the gateway must be told it may call it.
+const demoPort = 8090 + offset
+const demoUpstream = createServer((req, res) => {
+  req.resume()
+  req.on("end", () => {
+    res.writeHead(200, { "content-type": "application/json" })
+    res.end(JSON.stringify({ upstream: "demo", method: req.method, path: req.url, message: "a governed call reached the demo upstream" }) + "\n")
+  })
+})
+demoUpstream.on("error", (e) => console.error(`demo upstream not started on port ${demoPort}: ${e.message}`))
+demoUpstream.listen(demoPort, "127.0.0.1")
+
 const { S3_ENDPOINT, ...stack } = stackEnv()
 const secrets = devSecrets()
 const shared = {
@@ -55,7 +69,8 @@ const shared = {
   AUDIT_EXPORT_S3_BUCKET: "caracal-audit",
   AWS_ACCESS_KEY_ID: "caracal-dev",
   AWS_SECRET_ACCESS_KEY: "caracal-dev",
-  LOG_LEVEL: process.env.LOG_LEVEL ?? "info"
+  LOG_LEVEL: process.env.LOG_LEVEL ?? "info",
+  UPSTREAM_ALLOWLIST: [process.env.UPSTREAM_ALLOWLIST, `127.0.0.1:${demoPort}`].filter(Boolean).join(",")
 }
 
 const children: Array<ChildProcess> = []
@@ -82,6 +97,7 @@ const shutdown = (code: number) => {
   if (stopping) return
   stopping = true
   for (const c of children) c.kill("SIGTERM")
+  demoUpstream.close()
   setTimeout(() => process.exit(code), 12_000).unref()
   Promise.all(children.map((c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.once("exit", r))))).then(() => process.exit(code))
 }
@@ -96,7 +112,7 @@ const bootstrap = async () => {
   const res = await fetch(`http://127.0.0.1:${api.port}/v1/local/bootstrap`, {
     method: "POST",
     headers: { authorization: `Bearer ${secrets.ADMIN_TOKEN}`, "content-type": "application/json" },
-    body: "{}",
+    body: JSON.stringify({ upstream_url: `http://127.0.0.1:${demoPort}` }),
     signal: AbortSignal.timeout(30_000)
   }).catch((e: unknown) => e as Error)
   if (res instanceof Error) return console.error(`demo zone not created: ${res.message}`)
@@ -107,6 +123,50 @@ const bootstrap = async () => {
   mkdirSync(path.dirname(DEMO_FILE), { recursive: true })
   writeFileSync(DEMO_FILE, JSON.stringify({ ...demo, client_secret: secret }, null, 2) + "\n", { mode: 0o600 })
   console.log(`\ndemo zone ${demo.zone_id}: application ${demo.application_id}, resource ${demo.resource} (client secret in ${DEMO_FILE})`)
+  // the zone's key and policy reach the sts and OPA asynchronously: the printed commands
+  // are offered once the sts really issues the demo resource's mandate
+  if (secret === null || !(await demoIssues(demo.zone_id!, demo.application_id!, secret, demo.resource!))) {
+    console.error("the demo zone does not issue mandates yet (the sts's policy sync may be slow); try the commands below in a moment")
+  }
+  return demo.resource
+}
+
+const demoIssues = async (zone: string, app: string, secret: string, resource: string) => {
+  const sts = `http://127.0.0.1:${services.find((s) => s.name === "sts")!.port}/oauth/2/token`
+  const token = async (form: Record<string, string>) => {
+    const r = await fetch(sts, { method: "POST", headers: { "content-type": "application/x-www-form-urlencoded" }, body: new URLSearchParams(form) }).catch(() => undefined)
+    return r?.status === 200 ? ((await r.json()) as { access_token: string }).access_token : undefined
+  }
+  const until = Date.now() + 30_000
+  while (Date.now() < until) {
+    const ambient = await token({ grant_type: "client_credentials", zone_id: zone, application_id: app, client_secret: secret })
+    const perCall = ambient && await token({
+      grant_type: "urn:ietf:params:oauth:grant-type:token-exchange",
+      subject_token: ambient,
+      subject_token_type: "urn:ietf:params:oauth:token-type:jwt",
+      resource
+    })
+    if (perCall) return true
+    await new Promise((r) => setTimeout(r, 250))
+  }
+  return false
+}
+
+/**
+ * The commands a newcomer runs next: a caracal.toml for the demo zone, then a governed call
+ * through the gateway with the mandate `caracal run` injects. Printed with the actual ports
+ * (DEV_PORT_OFFSET moves them); the e2e test runs exactly these lines.
+ */
+const firstCall = (resource: string) => {
+  const api = services.find((s) => s.name === "api")!
+  const gateway = services.find((s) => s.name === "gateway")!
+  const apiEnv = api.port === 3000 ? "" : `CARACAL_API_URL=http://127.0.0.1:${api.port} `
+  const call = `fetch('http://127.0.0.1:${gateway.port}/hello', { headers: { authorization: 'Bearer ' + process.env.DEMO_API_TOKEN, 'x-caracal-resource': '${resource}' } })` +
+    ".then(async (r) => console.log(r.status, await r.text()))"
+  console.log("Make a first governed call (another terminal, in this directory):")
+  console.log(`  $ ${apiEnv}npx caracal config init --demo`)
+  console.log(`  $ npx caracal run -- node -e "${call}"`)
+  console.log("  (caracal run exchanges the demo application's secret for a per-call mandate; the gateway checks it and calls the demo upstream)\n")
 }
 
 // Report when every service answers /ready.
@@ -117,10 +177,12 @@ const check = async (): Promise<void> => {
     return { ...s, ready }
   }))
   if (states.every((s) => s.ready)) {
-    await bootstrap()
+    const resource = await bootstrap()
     console.log("\nCaracal is up (development mode):")
     for (const s of states) console.log(`  ${s.name.padEnd(11)} http://127.0.0.1:${s.port}  (/health /ready /metrics)`)
+    console.log(`  demo upstream http://127.0.0.1:${demoPort}`)
     console.log(`  admin token in ${DEV_FILE}; Ctrl-C stops the services (infra/stack.sh stop stops the stack)\n`)
+    if (resource !== undefined) firstCall(resource)
     return
   }
   if (Date.now() > deadline) {

@@ -1,7 +1,8 @@
 // `npm start`'s service runner: all five services come up on the local stack and answer
 // /health and /ready with 200, the demo zone is bootstrapped (its secret kept in the data
-// directory, never printed), then they stop on SIGTERM.
-import { spawn } from "node:child_process"
+// directory, never printed), the commands it prints for a first governed call work as
+// printed, then they stop on SIGTERM.
+import { execFileSync, spawn } from "node:child_process"
 import { mkdtempSync, readFileSync } from "node:fs"
 import os from "node:os"
 import path from "node:path"
@@ -19,7 +20,9 @@ describe("when the development stack starts", () => {
     const db = await emptyDatabase("e2e_start")
     const child = spawn(nodeBinary(), [path.join(repoRoot, "infra/dev.ts")], {
       cwd: repoRoot,
-      env: { ...process.env, DEV_PORT_OFFSET: String(offset), LOG_LEVEL: "warn", XDG_DATA_HOME: data, TEST_DATABASE_URL: db.url },
+      // and Redis keys of its own: the relay's fence lives beside each stream, so a fresh
+      // database's relay (epoch 1) could not publish to streams another run fenced higher
+      env: { ...process.env, DEV_PORT_OFFSET: String(offset), LOG_LEVEL: "warn", XDG_DATA_HOME: data, TEST_DATABASE_URL: db.url, REDIS_KEY_PREFIX: `e2estart${offset}` },
       stdio: ["ignore", "pipe", "pipe"]
     })
     let out = ""
@@ -47,6 +50,19 @@ describe("when the development stack starts", () => {
       expect(out).toContain(`demo zone ${demo.zone_id}`)
       expect(demo.application_id).toBeTruthy()
       if (demo.client_secret) expect(out).not.toContain(demo.client_secret)
+
+      // the printed commands, run as printed (npx caracal is this checkout's bin; a working
+      // directory of the test's, so the caracal.toml they write lands there)
+      await waitFor(async () => out.includes("(caracal run exchanges"), 10_000, 100)
+      const commands = out.split("\n").filter((l) => l.startsWith("  $ ")).map((l) => l.slice(4))
+      expect(commands).toHaveLength(2)
+      const cwd = mkdtempSync(path.join(os.tmpdir(), "caracal-first-call-"))
+      const bin = `${nodeBinary()} ${path.join(repoRoot, "cli/caracal.mjs")}`
+      let last = ""
+      for (const c of commands) {
+        last = execFileSync("sh", ["-c", c.replace("npx caracal", bin)], { cwd, env: { ...process.env, XDG_DATA_HOME: data }, encoding: "utf8", timeout: 60_000 })
+      }
+      expect(last).toMatch(/^200 \{"upstream":"demo","method":"GET","path":"\/hello"/)
     } finally {
       child.kill("SIGTERM")
     }

@@ -1,0 +1,11 @@
+// @caracal/sdk: agents carry mandates, not credentials. No runtime dependencies.
+export { Agent, Caracal, parseResources } from "./caracal.ts"
+export type { CaracalConfig, DelegateOptions, ExchangeOptions, GovernedFetchOptions, SpawnOptions } from "./caracal.ts"
+export { CoordinatorClient } from "./coordinator.ts"
+export type { AgentKind, AgentSessionView, Auth, CoordinatorClientOptions, DelegateRequest, DelegationView, Page, SpawnRequest } from "./coordinator.ts"
+export { CaracalConfigError, CaracalError } from "./errors.ts"
+export type { CaracalService } from "./errors.ts"
+export type { RetryPolicy } from "./http.ts"
+export type { ResourceBinding } from "./routing.ts"
+export { exchange, TOKEN_EXCHANGE, TOKEN_TYPE_JWT } from "./token.ts"
+export type { ExchangeRequest, Mandate } from "./token.ts"
