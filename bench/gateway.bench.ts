@@ -25,7 +25,14 @@ const peers = [
   spawnScript("bench/proxy-peers.ts", ["bare", String(barePort), String(upstreamPort)], {})
 ]
 const g = await startGatewayStack("bench_gw", {
-  gatewayVars: { UPSTREAM_ALLOWLIST: "127.0.0.1/32", RATE_LIMIT_PER_MINUTE: "100000000", LOG_LEVEL: "warn", JTI_CACHE_SIZE: "10000" }
+  gatewayVars: {
+    UPSTREAM_ALLOWLIST: "127.0.0.1/32",
+    RATE_LIMIT_PER_MINUTE: "100000000",
+    LOG_LEVEL: "warn",
+    JTI_CACHE_SIZE: "10000",
+    // e.g. BENCH_NODE_OPTIONS="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the gateway
+    ...(process.env.BENCH_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_NODE_OPTIONS } : {})
+  }
 })
 const provider = (await g.post(`/v1/zones/${g.zone}/providers`, { name: "bench-key", header: "x-api-key", value_prefix: "" })).id
 const credential = (await g.post(`/v1/zones/${g.zone}/credentials`, { provider_id: provider, material: "bench-secret-material" })).id
