@@ -46,7 +46,7 @@ describe("when a service starts with bad configuration", () => {
 
   it("plain HTTP in production without INSECURE_HTTP stops it", async () => {
     const { INSECURE_HTTP: _, ...plain } = env()
-    await refuses("gateway", { ...plain, STS_URL: "http://127.0.0.1:1" }, "INSECURE_HTTP")
+    await refuses("gateway", { ...plain, STS_URL: "http://127.0.0.1:1", SERVICE_HMAC_KEY: "ab".repeat(32) }, "INSECURE_HTTP")
   })
 
   it("an evicting Redis (allkeys-lru) stops it in production and only warns in development", async () => {
