@@ -4,6 +4,12 @@
 // lease runs out and a standby takes it with the next epoch. The epoch is the fencing token
 // the publish itself checks (relay-fence.ts): holding the lease is not proof of leadership,
 // being the highest epoch at the stream is.
+//
+// The fence outlives the database: Redis keeps the highest epoch it saw even when Postgres is
+// recreated (a fresh development database, a restore), and a counter starting again at 1 would
+// be refused at every stream forever. So a new epoch is at least the current time in
+// milliseconds: later than any epoch an earlier database could have given out, and still
+// one more than the last within this one.
 import { sql } from "kysely"
 import type { DatabaseShape } from "./db/database.ts"
 
@@ -18,7 +24,7 @@ export const acquireLease = async (database: DatabaseShape, producer: string, ho
   const asked = performance.now()
   await sql`insert into relay_leases (producer) values (${producer}) on conflict do nothing`.execute(database.db)
   const { rows } = await sql<{ epoch: string }>`
-    update relay_leases set epoch = epoch + 1, holder = ${holder}, expires_at = now() + make_interval(secs => ${leaseMs / 1000})
+    update relay_leases set epoch = greatest(epoch + 1, (extract(epoch from clock_timestamp()) * 1000)::bigint), holder = ${holder}, expires_at = now() + make_interval(secs => ${leaseMs / 1000})
     where producer = ${producer} and expires_at < now()
     returning epoch::text as epoch`.execute(database.db)
   const row = rows[0]

@@ -134,3 +134,19 @@ describe("when Redis is down for 10 seconds while commands keep committing", () 
 })
 
 void stackEnv
+
+describe("when the database is recreated but Redis keeps the fence of the old one", () => {
+  it("the relay of the fresh database still publishes (its epoch is later than any the old one gave out)", async () => {
+    // what a relay of the previous database left beside the stream: a high epoch
+    await h.redis.redis.set(`${h.stream}:fence`, "1000")
+    const relay = h.relay()
+    const running = relay.run()
+    try {
+      await h.run("reborn", { _tag: "Open", owner: "r" })
+      await until(async () => (await streamEvents(h.redis.redis, h.stream)).some((e) => e.aggregate.id === "reborn"), 10_000, "published past the old fence")
+    } finally {
+      relay.stop()
+      await running
+    }
+  })
+})
