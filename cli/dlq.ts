@@ -15,6 +15,8 @@ export interface DeadLetter {
   readonly group: string | undefined
   readonly consumer: string | undefined
   readonly at: string | undefined
+  /** Deliveries before it was parked (absent in dead letters written before the count was kept). */
+  readonly deliveries: string | undefined
   /** The original entry's field/value list; undefined when the dead letter's copy is unreadable. */
   readonly fields: ReadonlyArray<string> | undefined
 }
@@ -28,7 +30,7 @@ export const parseDeadLetter = (dlq: string, [entryId, raw]: Entry): DeadLetter 
   } catch {
     fields = undefined
   }
-  return { dlq, entryId, reason: f.reason, stream: f.stream, id: f.id, group: f.group, consumer: f.consumer, at: f.at, fields }
+  return { dlq, entryId, reason: f.reason, stream: f.stream, id: f.id, group: f.group, consumer: f.consumer, at: f.at, deliveries: f.deliveries, fields }
 }
 
 /** `--stream` may name the event stream or its dead-letter stream; by default, every one under the prefix. */
@@ -59,6 +61,7 @@ const columns: ReadonlyArray<Column<DeadLetter>> = [
   { header: "TYPE", value: typeOf },
   { header: "GROUP", value: (d) => d.group },
   { header: "CONSUMER", value: (d) => d.consumer },
+  { header: "DELIVERIES", value: (d) => d.deliveries },
   { header: "AT", value: (d) => d.at }
 ]
 
@@ -107,7 +110,7 @@ export const showDeadLetter = async (deps: DlqDeps, entryId: string, opts: { rea
   }
   const head: Array<[string, string | undefined]> = [
     ["dlq", d.dlq], ["entry", d.entryId], ["reason", d.reason], ["stream", d.stream], ["original id", d.id],
-    ["group", d.group], ["consumer", d.consumer], ["at", d.at]
+    ["group", d.group], ["consumer", d.consumer], ["at", d.at], ["deliveries", d.deliveries]
   ]
   for (const [k, v] of head) deps.out(`${k.padEnd(12)}${v ?? "-"}`)
   if (d.fields === undefined) {

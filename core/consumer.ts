@@ -20,6 +20,8 @@ export interface ReceivedEvent<T = Envelope> {
   readonly stream: string
   readonly entryId: string
   readonly signature: Verdict | "not_checked"
+  /** The entry's field/value list as read (what a dead letter keeps of it). */
+  readonly raw?: ReadonlyArray<string>
 }
 
 /** Turns an entry's verified JSON into what the handler gets, or names why it is poison. */
@@ -52,6 +54,16 @@ export interface ConsumerOptions<T = Envelope> {
   /** Deliveries after which a failing entry is parked in the dead-letter stream. */
   readonly maxDeliveries?: number
   readonly onError?: (error: unknown, entryId: string) => void
+  /** Called once an entry is in the dead-letter stream (e.g. to raise an alert); a failure here is only reported. */
+  readonly onDeadLetter?: (letter: DeadLettered) => Promise<void>
+}
+
+export interface DeadLettered {
+  readonly stream: string
+  readonly id: string
+  readonly reason: string
+  readonly deliveries: number
+  readonly fields: ReadonlyArray<string>
 }
 
 export const defaultConsumerName = () => `${hostname()}-${process.pid}`
@@ -119,7 +131,7 @@ export const classifyWith = <T>(
   }
   const decoded = decode(json)
   if (!decoded.ok) return decoded
-  return { ok: true, event: { envelope: decoded.value, stream, entryId, signature } }
+  return { ok: true, event: { envelope: decoded.value, stream, entryId, signature, raw } }
 }
 
 export interface Consumer {
@@ -143,13 +155,16 @@ export const makeConsumer = <T = Envelope>(opts: ConsumerOptions<T>): Consumer =
   const reader = opts.redis.duplicate()
   reader.on("error", () => {})
 
-  const deadLetter = async (stream: string, id: string, raw: Array<string>, reason: string) => {
+  const deadLetter = async (stream: string, id: string, raw: Array<string>, reason: string, deliveries: number) => {
     await opts.redis.multi()
       .xadd(opts.deadLetterStream(stream), "*", "reason", reason, "stream", stream, "id", id, "group", opts.group,
-        "consumer", name, "at", new Date().toISOString(), "fields", JSON.stringify(raw))
+        "consumer", name, "at", new Date().toISOString(), "deliveries", String(deliveries), "fields", JSON.stringify(raw))
       .xack(stream, opts.group, id)
       .exec()
     stats.deadLettered++
+    if (opts.onDeadLetter) {
+      await opts.onDeadLetter({ stream, id, reason, deliveries, fields: raw }).catch((e) => opts.onError?.(e, id))
+    }
   }
 
   const process1 = async (stream: string, id: string, raw: Array<string> | null, deliveries: number) => {
@@ -159,7 +174,7 @@ export const makeConsumer = <T = Envelope>(opts: ConsumerOptions<T>): Consumer =
       return
     }
     const c = classifyWith(stream, id, raw, decode, opts.verifier)
-    if (!c.ok) return deadLetter(stream, id, raw, c.reason)
+    if (!c.ok) return deadLetter(stream, id, raw, c.reason, deliveries)
     try {
       await opts.handle(c.event)
       await opts.redis.xack(stream, opts.group, id)
@@ -167,7 +182,7 @@ export const makeConsumer = <T = Envelope>(opts: ConsumerOptions<T>): Consumer =
     } catch (e) {
       opts.onError?.(e, id)
       if (deliveries >= maxDeliveries) {
-        await deadLetter(stream, id, raw, `max_deliveries: ${e instanceof Error ? e.message : String(e)}`.slice(0, 500))
+        await deadLetter(stream, id, raw, `max_deliveries: ${e instanceof Error ? e.message : String(e)}`.slice(0, 500), deliveries)
       }
       // otherwise left pending: the claim loop redelivers it after claimIdleMs
     }
@@ -187,7 +202,7 @@ export const makeConsumer = <T = Envelope>(opts: ConsumerOptions<T>): Consumer =
       if (c.ok) {
         good.push(c.event)
         raws.set(id, raw)
-      } else await deadLetter(stream, id, raw, c.reason)
+      } else await deadLetter(stream, id, raw, c.reason, 1)
     }
     try {
       if (good.length > 0) await opts.handleBatch!(good)
@@ -232,7 +247,7 @@ export const makeConsumer = <T = Envelope>(opts: ConsumerOptions<T>): Consumer =
         for (const [id, raw] of live) {
           const n = counts.get(id) ?? maxDeliveries
           // claimed past the limit: it has failed often enough, park it without another try
-          if (n > maxDeliveries) await deadLetter(stream, id, raw, "max_deliveries")
+          if (n > maxDeliveries) await deadLetter(stream, id, raw, "max_deliveries", n)
           else await process1(stream, id, raw, n)
         }
       } while (cursor !== "0-0" && !stopped)

@@ -1,0 +1,151 @@
+// Verifying one chain from its rows alone, wherever they come from (the database, an
+// export's Parquet files): each row's bytes against its leaf hash, MAC and previous link,
+// its columns against its bytes, the seqs without a gap, the Merkle root at every
+// checkpoint size against the signed checkpoint, and no checkpoint past the last row (a
+// cut tail). The first thing that fails names the record.
+import type { KeyObject } from "node:crypto"
+import { chainMac, GENESIS, sameMac } from "./chain.ts"
+import { type Checkpoint, verifyCheckpoint } from "./checkpoint.ts"
+import { columnsOf, type Columns, type Entry } from "./entry.ts"
+import { append, EMPTY_FRONTIER, type Frontier, frontierRoot, leafHash } from "./merkle.ts"
+
+export interface StoredRow {
+  readonly seq: number
+  readonly id: string
+  readonly canonical: Buffer
+  readonly prevMac: Buffer
+  readonly mac: Buffer
+  readonly leafHash: Buffer
+  /** The stored filter columns, when the source has them (compared with the bytes). */
+  readonly columns?: Columns
+}
+
+/** Where a chain starts when retention dropped its beginning. */
+export interface Anchor {
+  readonly firstSeq: number
+  readonly prevMac: Buffer
+  readonly frontier: Frontier
+}
+
+export interface VerifyInput {
+  readonly chain: string
+  readonly rows: AsyncIterable<StoredRow> | Iterable<StoredRow>
+  readonly checkpoints: ReadonlyArray<Checkpoint>
+  readonly anchor?: Anchor | undefined
+  /** AUDIT_HMAC_KEY: without it the MACs are not checked (the links and the Merkle roots still are). */
+  readonly hmacKey?: KeyObject | undefined
+  /** The checkpoint key's public half: without it signatures are not checked. */
+  readonly publicKey?: KeyObject | undefined
+  readonly onProgress?: (records: number) => void
+}
+
+export interface FirstBad {
+  readonly seq: number
+  readonly id: string | null
+  readonly reason: string
+}
+
+export interface VerifyReport {
+  readonly chain: string
+  readonly ok: boolean
+  readonly records: number
+  readonly firstSeq: number
+  readonly lastSeq: number
+  readonly checkpointsVerified: number
+  readonly macsChecked: boolean
+  readonly signaturesChecked: boolean
+  readonly firstBad?: FirstBad
+  readonly root: string
+}
+
+const sameColumns = (a: Columns, b: Columns) => {
+  for (const k of Object.keys(a) as Array<keyof Columns>) {
+    const x = a[k]
+    const y = b[k]
+    if (k === "occurred_at" ? Date.parse(String(x)) !== Date.parse(String(y)) : x !== y) return k
+  }
+  return undefined
+}
+
+export const verifyChain = async (input: VerifyInput): Promise<VerifyReport> => {
+  const checkpoints = [...input.checkpoints].sort((a, b) => a.treeSize - b.treeSize)
+  let expected = input.anchor?.firstSeq ?? 1
+  let prev = input.anchor?.prevMac ?? GENESIS
+  let frontier = input.anchor?.frontier ?? EMPTY_FRONTIER
+  const firstSeq = expected
+  let records = 0
+  let verified = 0
+  // checkpoints of the dropped prefix cannot be recomputed, except one at exactly its end
+  let ci = checkpoints.findIndex((c) => c.treeSize >= expected - 1)
+  if (ci < 0) ci = checkpoints.length
+  const report = (firstBad?: FirstBad): VerifyReport => ({
+    chain: input.chain,
+    ok: firstBad === undefined,
+    records,
+    firstSeq,
+    lastSeq: expected - 1,
+    checkpointsVerified: verified,
+    macsChecked: input.hmacKey !== undefined,
+    signaturesChecked: input.publicKey !== undefined,
+    ...(firstBad ? { firstBad } : {}),
+    root: frontierRoot(frontier).toString("hex")
+  })
+  const checkCheckpoints = (): FirstBad | undefined => {
+    while (ci < checkpoints.length && checkpoints[ci]!.treeSize === frontier.size) {
+      const c = checkpoints[ci]!
+      if (c.zone !== input.chain) return { seq: c.treeSize, id: null, reason: `checkpoint at size ${c.treeSize} names chain ${c.zone}` }
+      if (input.publicKey !== undefined && !verifyCheckpoint(input.publicKey, c)) {
+        return { seq: c.treeSize, id: null, reason: `checkpoint at size ${c.treeSize} has an invalid signature` }
+      }
+      if (!frontierRoot(frontier).equals(c.root)) {
+        return { seq: c.treeSize, id: null, reason: `Merkle root over records 1..${c.treeSize} differs from the signed checkpoint` }
+      }
+      verified++
+      ci++
+    }
+    return undefined
+  }
+  const atStart = checkCheckpoints()
+  if (atStart) return report(atStart)
+  for await (const row of input.rows) {
+    if (row.seq !== expected) {
+      return report(row.seq > expected
+        ? { seq: expected, id: null, reason: `record ${expected} is missing (the next stored record is ${row.seq}, id ${row.id})` }
+        : { seq: row.seq, id: row.id, reason: `record ${row.seq} is out of order or stored twice (expected ${expected})` })
+    }
+    const bad = (reason: string) => report({ seq: row.seq, id: row.id, reason })
+    if (!sameMac(leafHash(row.canonical), row.leafHash)) return bad("its canonical bytes do not match its Merkle leaf hash")
+    if (!sameMac(row.prevMac, prev)) return bad("its previous link is not the MAC of the record before it")
+    if (input.hmacKey !== undefined && !sameMac(chainMac(input.hmacKey, input.chain, row.seq, prev, row.canonical), row.mac)) {
+      return bad("its MAC does not match its bytes, position and chain")
+    }
+    let entry: Entry
+    try {
+      entry = JSON.parse(row.canonical.toString("utf8")) as Entry
+    } catch {
+      return bad("its canonical bytes are not JSON")
+    }
+    if (entry.chain !== input.chain || entry.id !== row.id) return bad("its bytes name another chain or id")
+    if (row.columns !== undefined) {
+      const differs = sameColumns(columnsOf(entry), row.columns)
+      if (differs !== undefined) return bad(`its ${differs} column differs from its bytes`)
+    }
+    frontier = append(frontier, [row.leafHash])
+    prev = row.mac
+    expected++
+    records++
+    if (records % 10_000 === 0) input.onProgress?.(records)
+    const cp = checkCheckpoints()
+    if (cp) return report(cp)
+  }
+  input.onProgress?.(records)
+  if (ci < checkpoints.length) {
+    const c = checkpoints[ci]!
+    return report({
+      seq: expected,
+      id: null,
+      reason: `record ${expected} is missing: the checkpoint signed at ${c.signedAt} covers ${c.treeSize} records, the chain ends at ${expected - 1}`
+    })
+  }
+  return report()
+}
