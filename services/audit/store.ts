@@ -23,8 +23,8 @@ interface RowRecord {
   jti: string | null
 }
 
-export async function* chainRows(db: Kysely<any>, chain: string, page = 5000): AsyncGenerator<StoredRow> {
-  let after = 0
+export async function* chainRows(db: Kysely<any>, chain: string, page = 5000, from = 1): AsyncGenerator<StoredRow> {
+  let after = from - 1
   for (;;) {
     const { rows } = await sql<RowRecord>`
       select seq, id, canonical, prev_mac, mac, leaf_hash, occurred_at, source, kind, decision, request_id, session_id, client_id, jti

@@ -56,6 +56,8 @@ export interface VerifyReport {
   readonly signaturesChecked: boolean
   readonly firstBad?: FirstBad
   readonly root: string
+  /** Where a later round can continue from (what was verified so far, as an anchor). */
+  readonly end: Anchor
 }
 
 const sameColumns = (a: Columns, b: Columns) => {
@@ -88,7 +90,8 @@ export const verifyChain = async (input: VerifyInput): Promise<VerifyReport> => 
     macsChecked: input.hmacKey !== undefined,
     signaturesChecked: input.publicKey !== undefined,
     ...(firstBad ? { firstBad } : {}),
-    root: frontierRoot(frontier).toString("hex")
+    root: frontierRoot(frontier).toString("hex"),
+    end: { firstSeq: expected, prevMac: prev, frontier }
   })
   const checkCheckpoints = (): FirstBad | undefined => {
     while (ci < checkpoints.length && checkpoints[ci]!.treeSize === frontier.size) {

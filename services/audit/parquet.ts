@@ -1,0 +1,124 @@
+// One exported window as one Parquet file, self-contained for verification: its records
+// (canonical bytes, seq, previous link, MAC, Merkle leaf hash and the filter columns), the
+// signed checkpoints whose tree sizes fall in it, and one anchor per chain (where the chain
+// stood when the window began: first seq, previous MAC, Merkle frontier). One table with a
+// `row_kind` column ("record" | "checkpoint" | "anchor") keeps it one object per window.
+import { Binary, Int64, Table, tableFromIPC, tableToIPC, Utf8, vectorFromArray } from "apache-arrow"
+import { Compression, readParquet, Table as WasmTable, writeParquet, WriterPropertiesBuilder } from "parquet-wasm/node"
+import type { Checkpoint } from "./checkpoint.ts"
+import type { Columns } from "./entry.ts"
+import { decodeFrontier, encodeFrontier } from "./merkle.ts"
+import type { Anchor, StoredRow } from "./verify.ts"
+
+export interface ExportRecord extends StoredRow {
+  readonly zone: string
+  readonly recordedAt: string
+  readonly columns: Columns
+}
+
+export interface WindowContent {
+  readonly records: ReadonlyArray<ExportRecord>
+  readonly checkpoints: ReadonlyArray<Checkpoint & { readonly publicKey: string }>
+  readonly anchors: ReadonlyArray<Anchor & { readonly zone: string }>
+}
+
+const utf8 = (xs: ReadonlyArray<string | null>) => vectorFromArray(xs as Array<string | null>, new Utf8())
+const bin = (xs: ReadonlyArray<Uint8Array | null>) => vectorFromArray(xs as Array<Uint8Array | null>, new Binary())
+
+/** The window as an Arrow table (records, then checkpoints, then anchors). */
+export const windowTable = (w: WindowContent): Table => {
+  const n = w.records.length + w.checkpoints.length + w.anchors.length
+  const col = <T>(rec: (r: ExportRecord) => T, cp: (c: WindowContent["checkpoints"][number]) => T, an: (a: WindowContent["anchors"][number]) => T) => {
+    const out = new Array<T>(n)
+    let i = 0
+    for (const r of w.records) out[i++] = rec(r)
+    for (const c of w.checkpoints) out[i++] = cp(c)
+    for (const a of w.anchors) out[i++] = an(a)
+    return out
+  }
+  const none = () => null
+  return new Table({
+    row_kind: utf8(col(() => "record", () => "checkpoint", () => "anchor")),
+    zone: utf8(col((r) => r.zone, (c) => c.zone, (a) => a.zone)),
+    // record: its seq; checkpoint: its tree size; anchor: the first seq of the window's part of the chain
+    seq: vectorFromArray(col((r) => BigInt(r.seq), (c) => BigInt(c.treeSize), (a) => BigInt(a.firstSeq)), new Int64()),
+    id: utf8(col((r) => r.id, none, none)),
+    recorded_at: utf8(col((r) => r.recordedAt, none, none)),
+    occurred_at: utf8(col((r) => r.columns.occurred_at, none, none)),
+    source: utf8(col((r) => r.columns.source, none, none)),
+    kind: utf8(col((r) => r.columns.kind, none, none)),
+    decision: utf8(col((r) => r.columns.decision, none, none)),
+    request_id: utf8(col((r) => r.columns.request_id, none, none)),
+    session_id: utf8(col((r) => r.columns.session_id, none, none)),
+    client_id: utf8(col((r) => r.columns.client_id, none, none)),
+    jti: utf8(col((r) => r.columns.jti, none, none)),
+    canonical: bin(col((r) => r.canonical, none, none)),
+    prev_mac: bin(col((r) => r.prevMac, none, (a) => a.prevMac)),
+    mac: bin(col((r) => r.mac, none, none)),
+    leaf_hash: bin(col((r) => r.leafHash, none, none)),
+    root: bin(col(none, (c) => c.root, none)),
+    signed_at: utf8(col(none, (c) => c.signedAt, none)),
+    key_id: utf8(col(none, (c) => c.keyId, none)),
+    public_key: utf8(col(none, (c) => c.publicKey, none)),
+    signature: bin(col(none, (c) => c.signature, none)),
+    frontier: bin(col(none, none, (a) => encodeFrontier(a.frontier)))
+  })
+}
+
+export const toParquet = (table: Table): Uint8Array => {
+  const props = new WriterPropertiesBuilder().setCompression(Compression.ZSTD).build()
+  return writeParquet(WasmTable.fromIPCStream(tableToIPC(table, "stream")), props)
+}
+
+const buf = (v: unknown) => (v instanceof Uint8Array ? Buffer.from(v.buffer, v.byteOffset, v.byteLength) : Buffer.alloc(0))
+const str = (v: unknown) => (v === null || v === undefined ? null : String(v))
+
+/** Reads a window file back (for the offline verifier). */
+export const fromParquet = (bytes: Uint8Array): WindowContent => {
+  const table = tableFromIPC(readParquet(bytes).intoIPCStream())
+  const records: Array<ExportRecord> = []
+  const checkpoints: Array<WindowContent["checkpoints"][number]> = []
+  const anchors: Array<WindowContent["anchors"][number]> = []
+  const get = (name: string) => table.getChild(name)!
+  const cols = Object.fromEntries(table.schema.fields.map((f) => [f.name, get(f.name)]))
+  for (let i = 0; i < table.numRows; i++) {
+    const kind = cols.row_kind!.get(i) as string
+    const zone = cols.zone!.get(i) as string
+    const seq = Number(cols.seq!.get(i) as bigint)
+    if (kind === "record") {
+      records.push({
+        zone,
+        seq,
+        id: cols.id!.get(i) as string,
+        recordedAt: cols.recorded_at!.get(i) as string,
+        canonical: buf(cols.canonical!.get(i)),
+        prevMac: buf(cols.prev_mac!.get(i)),
+        mac: buf(cols.mac!.get(i)),
+        leafHash: buf(cols.leaf_hash!.get(i)),
+        columns: {
+          occurred_at: cols.occurred_at!.get(i) as string,
+          source: cols.source!.get(i) as string,
+          kind: cols.kind!.get(i) as string,
+          decision: str(cols.decision!.get(i)),
+          request_id: str(cols.request_id!.get(i)),
+          session_id: str(cols.session_id!.get(i)),
+          client_id: str(cols.client_id!.get(i)),
+          jti: str(cols.jti!.get(i))
+        }
+      })
+    } else if (kind === "checkpoint") {
+      checkpoints.push({
+        zone,
+        treeSize: seq,
+        root: buf(cols.root!.get(i)),
+        signedAt: cols.signed_at!.get(i) as string,
+        keyId: cols.key_id!.get(i) as string,
+        publicKey: cols.public_key!.get(i) as string,
+        signature: buf(cols.signature!.get(i))
+      })
+    } else {
+      anchors.push({ zone, firstSeq: seq, prevMac: buf(cols.prev_mac!.get(i)), frontier: decodeFrontier(seq - 1, buf(cols.frontier!.get(i))) })
+    }
+  }
+  return { records, checkpoints, anchors }
+}
