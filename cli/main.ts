@@ -11,6 +11,7 @@ import path from "node:path"
 import { ConfigInvalid } from "../core/config/load.ts"
 import type { Tables } from "../core/db/tables.ts"
 import { events as registry } from "../services/events.ts"
+import { auditCommand } from "./audit.ts"
 import { clientCommands } from "./client-commands.ts"
 import { ClientConfigError, loadEnvFile } from "./client-config.ts"
 import { printLag } from "./consumers.ts"
@@ -162,7 +163,7 @@ export const caracal = Command.make("caracal").pipe(
   Command.withDescription("the Caracal command line: run with mandates, administer zones, govern agents, operate the event backbone"),
   Command.withSubcommands([
     ...clientCommands,
-    eventsCommand, outboxCommand, dlqCommand, projectionsCommand, consumersCommand
+    eventsCommand, outboxCommand, dlqCommand, projectionsCommand, consumersCommand, auditCommand((f) => attempt(f))
   ])
 )
 

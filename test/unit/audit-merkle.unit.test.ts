@@ -106,7 +106,7 @@ describe("entries, MACs and checkpoints", () => {
     const key = createSecretKey(randomBytes(32))
     const signer = checkpointSigner(randomBytes(32))
     const rows = []
-    let prev = GENESIS
+    let prev: Buffer = GENESIS
     let f = EMPTY_FRONTIER
     for (let seq = 1; seq <= 5; seq++) {
       const entry: Entry = { v: 1, id: `id${seq}`, chain: "z", origin: "record", stream: "audit", body: { id: `id${seq}` } }
