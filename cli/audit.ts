@@ -136,8 +136,10 @@ export const timelineRows = async (db: Kysely<any>, by: { request?: string | und
     const b = redact(entry.body) as Record<string, unknown>
     const detail = ["reason", "client_id", "resource", "scope", "status", "latency_ms", "jti"]
       .filter((k) => b[k] !== null && b[k] !== undefined).map((k) => `${k}=${String(b[k])}`)
+    // shown from the chained bytes (the evidence), not from the filter columns
     return {
-      at: r.occurred_at.toISOString(), zone: r.zone, seq: Number(r.seq), source: r.source, kind: r.kind, decision: r.decision,
+      at: r.occurred_at.toISOString(), zone: r.zone, seq: Number(r.seq), source: r.source, kind: r.kind,
+      decision: typeof b.decision === "string" ? b.decision : null,
       detail: detail.join(" "), body: b
     }
   })

@@ -1,6 +1,6 @@
 // The api's variables (README configuration table: npm run docs:config).
 import { common, httpUrl, port, producerVars, serviceHmacVars } from "../../core/config/common.ts"
-import { parsers as p, required, type Spec, withDefault } from "../../core/config/vars.ts"
+import { optional, parsers as p, required, type Spec, withDefault } from "../../core/config/vars.ts"
 
 export const apiSpec = {
   ...common,
@@ -9,5 +9,8 @@ export const apiSpec = {
   INSECURE_STS: withDefault(p.bool, "false", "Skip TLS verification when calling STS; internal networks with self-signed certs only"),
   ...serviceHmacVars,
   ...producerVars({ pollMs: "250", batchSize: "32", maxAttempts: "100" }),
+  AUDIT_HMAC_KEY: optional(p.hexKey(), "The audit chain's key (the audit service's): /v1/zones/{z}/audit/verify checks MACs only with it", true),
+  AUDIT_CHECKPOINT_PUBLIC_KEY: optional(p.hexKey(32),
+    "Hex Ed25519 public key of the audit checkpoints (the audit service logs it at start): /audit/verify checks signatures only with it"),
   PORT: port("3000")
 } satisfies Spec

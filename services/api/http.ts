@@ -17,6 +17,7 @@ import { answer, handlerOf, route, routerPath, type RouteSpec } from "./route-ki
 import { makeRoutes } from "./routes.ts"
 import { makeStsClient } from "./sts-client.ts"
 import { bootstrapRoute } from "./bootstrap.ts"
+import { type AuditRouteDeps, auditRoutes } from "./audit-routes.ts"
 
 /** Refusals answer with their own status and stable code. */
 export const apiErrors = (error: unknown): Answer | undefined => {
@@ -34,8 +35,20 @@ export const apiErrors = (error: unknown): Answer | undefined => {
 export const API_VERSION = "1.0.0"
 
 /** Every route the api serves, the OpenAPI document's included. */
-export const apiRouteList = (deps: Parameters<typeof makeRoutes>[0]): ReadonlyArray<RouteSpec> => {
-  const routes: ReadonlyArray<RouteSpec> = [...makeRoutes(deps), ...(deps.development ? [bootstrapRoute(deps)] : [])]
+// without `audit` (listing the routes, e.g. for the OpenAPI test) the audit routes are listed but cannot run
+const noAuditTables: AuditRouteDeps = {
+  get db(): never {
+    throw new Error("the audit routes were listed without a database")
+  },
+  zoneExists: () => Promise.resolve(false)
+}
+
+export const apiRouteList = (deps: Parameters<typeof makeRoutes>[0] & { readonly audit?: AuditRouteDeps }): ReadonlyArray<RouteSpec> => {
+  const routes: ReadonlyArray<RouteSpec> = [
+    ...makeRoutes(deps),
+    ...auditRoutes(deps.audit ?? noAuditTables),
+    ...(deps.development ? [bootstrapRoute(deps)] : [])
+  ]
   let all: ReadonlyArray<RouteSpec> = routes
   const document: RouteSpec = route({
     method: "GET",
@@ -55,15 +68,22 @@ export const ApiRoutes = HttpRouter.use((router) =>
     const producer = yield* Producer
     const database = yield* Database
     const redis = yield* RedisClient
+    const queries = makeQueries(database.db)
     const routes = apiRouteList({
       commands: makeCommands(producer),
-      queries: makeQueries(database.db),
+      queries,
       sts: makeStsClient({
         baseUrl: vars.STS_URL,
         key: serviceHmacKeys(vars)[0]!,
         insecureTls: vars.INSECURE_STS
       }),
-      development: vars.CARACAL_MODE === "development"
+      development: vars.CARACAL_MODE === "development",
+      audit: {
+        db: database.db,
+        zoneExists: async (zone) => (await queries.one("zone", zone, zone)) !== undefined,
+        hmacKey: vars.AUDIT_HMAC_KEY === undefined ? undefined : Redacted.value(vars.AUDIT_HMAC_KEY),
+        checkpointPublicKey: vars.AUDIT_CHECKPOINT_PUBLIC_KEY === undefined ? undefined : Redacted.value(vars.AUDIT_CHECKPOINT_PUBLIC_KEY)
+      }
     })
     const auth = makeAdminAuth(Redacted.value(vars.ADMIN_TOKEN), redis.limits, redis.keys)
     yield* router.addAll(routes.map((r) => HttpRouter.route(r.method, routerPath(r.path) as `/${string}`, handlerOf(r, auth))))
