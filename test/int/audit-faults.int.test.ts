@@ -27,7 +27,7 @@ describe("audit ingest under faults", () => {
     viaProxy.hostname = "127.0.0.1"
     stream = h.redis.keys.stream("audit")
     h.replicas.push(await startService("audit", {
-      ...h.env, DATABASE_URL: viaProxy.toString(), AUDIT_MAX_DELIVERIES: String(MAX)
+      ...h.env, DATABASE_URL: viaProxy.toString(), AUDIT_MAX_DELIVERIES: String(MAX), AUDIT_READY_MAX_PENDING_S: "2"
     }))
   }, 120_000)
   afterAll(async () => {
@@ -51,9 +51,12 @@ describe("audit ingest under faults", () => {
     for (let i = 0; i < 50; i++) await h.record({ zone_id: zone })
     // longer than MAX claim rounds (AUDIT_CLAIM_IDLE_MS=1000): an outage must not burn deliveries
     await new Promise((r) => setTimeout(r, (MAX + 2) * 1000))
+    // meanwhile /ready says so (the oldest pending entry is older than AUDIT_READY_MAX_PENDING_S)
+    await until(async () => (await fetch(`${h.replicas[0]!.url}/ready`)).status === 503, 30_000, "not ready during the outage")
     await pg.up()
     await until(async () => (await h.count(zone)) === 60, 90_000, "all chained after recovery")
     assert.deepStrictEqual(await deadLetters(), [])
+    await until(async () => (await fetch(`${h.replicas[0]!.url}/ready`)).status === 200, 30_000, "ready again")
     const report = await h.verify(zone)
     assert.isTrue(report.ok, JSON.stringify(report.firstBad))
   }, 150_000)

@@ -1,5 +1,6 @@
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { type AuditHarness, startAudit } from "../fixtures/audit.ts"
+import { freePort, runToExit, stackEnv } from "../../core/testing/index.ts"
 import { until } from "../fixtures/harness.ts"
 
 describe("audit ingest", () => {
@@ -19,5 +20,23 @@ describe("audit ingest", () => {
     assert.strictEqual(report.records, 20)
     const chains = await h.rows<{ zone: string }>("select zone from audit_chain_heads order by zone")
     assert.notInclude(chains.map((c) => c.zone), "forged-zone")
+  }, 90_000)
+
+  it("/ready reports the consumer, /metrics its ingest, lag, DLQ and self-verification", async () => {
+    const ready = await fetch(`${h.replicas[0]!.url}/ready`)
+    assert.strictEqual(ready.status, 200)
+    assert.deepInclude(await ready.json(), { checks: { postgres: "ok", redis: "ok", consumer: "ok" } })
+    await until(async () => {
+      const text = await (await fetch(`${h.replicas[0]!.url}/metrics`)).text()
+      return ["caracal_audit_records_total", "caracal_audit_consumer_lag", "caracal_audit_oldest_pending_seconds", "caracal_audit_dlq_entries",
+        "caracal_audit_verifications_total"].every((m) => text.includes(m)) && /caracal_audit_verifications_total\{[^}]*result="ok"/.test(text)
+    }, 90_000, "audit metrics exposed")
+  }, 120_000)
+
+  it("refuses to start in production without AUDIT_CHECKPOINT_KEY, naming it", async () => {
+    const { AUDIT_CHECKPOINT_KEY: _, ...env } = h.env
+    const r = await runToExit("audit", { ...env, CARACAL_MODE: "production", REDIS_URL: stackEnv().REDIS_URL, PORT: String(await freePort()) }, 60_000)
+    assert.notStrictEqual(r.code, 0)
+    assert.match(r.stderr, /AUDIT_CHECKPOINT_KEY: is required in production/)
   }, 90_000)
 })
