@@ -8,6 +8,8 @@ import os from "node:os"
 import path from "node:path"
 import { repoRoot, stackEnv } from "../core/stack-env.ts"
 import { nodeBinary } from "../core/testing/index.ts"
+import { CreateBucketCommand, S3Client } from "@aws-sdk/client-s3"
+import { checkpointSigner } from "../services/audit/checkpoint.ts"
 
 const DEV_FILE = path.join(repoRoot, ".dev.env")
 
@@ -15,6 +17,7 @@ const generators: Record<string, () => string> = {
   ZONE_KEK: () => randomBytes(32).toString("hex"),
   STREAMS_HMAC_KEY: () => randomBytes(32).toString("hex"),
   AUDIT_HMAC_KEY: () => randomBytes(32).toString("hex"),
+  AUDIT_CHECKPOINT_KEY: () => randomBytes(32).toString("hex"),
   ADMIN_TOKEN: () => randomBytes(24).toString("hex"),
   SERVICE_HMAC_KEY: () => randomBytes(32).toString("hex")
 }
@@ -67,10 +70,19 @@ const shared = {
   HOST: "127.0.0.1",
   STS_URL: `http://127.0.0.1:${8080 + offset}`,
   AUDIT_EXPORT_S3_BUCKET: "caracal-audit",
+  // the api verifies checkpoint signatures with the public half (the audit service signs with the seed)
+  AUDIT_CHECKPOINT_PUBLIC_KEY: checkpointSigner(Buffer.from(secrets.AUDIT_CHECKPOINT_KEY!, "hex")).publicKeyHex,
   AWS_ACCESS_KEY_ID: "caracal-dev",
   AWS_SECRET_ACCESS_KEY: "caracal-dev",
   LOG_LEVEL: process.env.LOG_LEVEL ?? "info",
   UPSTREAM_ALLOWLIST: [process.env.UPSTREAM_ALLOWLIST, `127.0.0.1:${demoPort}`].filter(Boolean).join(",")
+}
+
+// the export's bucket on the local S3 emulator (production buckets are the operator's to create)
+{
+  const s3 = new S3Client({ region: "us-east-1", endpoint: S3_ENDPOINT, forcePathStyle: true, credentials: { accessKeyId: "caracal-dev", secretAccessKey: "caracal-dev" } })
+  await s3.send(new CreateBucketCommand({ Bucket: shared.AUDIT_EXPORT_S3_BUCKET })).catch(() => undefined)
+  s3.destroy()
 }
 
 const children: Array<ChildProcess> = []
