@@ -3,7 +3,7 @@
 // waits for the other's commit, then reads the head it left), and chains of different
 // zones never wait for each other. Deduplication is by record id inside the same lock:
 // identical bytes again are a no-op, other bytes under a known id are tampering.
-import { createHash, type KeyObject } from "node:crypto"
+import type { KeyObject } from "node:crypto"
 import { type Kysely, sql } from "kysely"
 import { chainMac } from "./chain.ts"
 import type { CheckpointSigner } from "./checkpoint.ts"
@@ -74,7 +74,8 @@ interface Prepared {
   readonly incoming: Incoming
   readonly entry: Entry
   readonly canonical: Buffer
-  readonly digest: Buffer
+  /** The Merkle leaf hash, also the deduplication digest. */
+  readonly leaf: Buffer
 }
 
 export const ingest = async (deps: IngestDeps, items: ReadonlyArray<Incoming>): Promise<IngestResult> => {
@@ -86,7 +87,7 @@ export const ingest = async (deps: IngestDeps, items: ReadonlyArray<Incoming>): 
     const entry: Entry = { v: 1, id: String(incoming.body.id), chain, origin: incoming.origin, stream: incoming.stream, body: incoming.body }
     const canonical = canonicalBytes(entry)
     const list = byChain.get(chain) ?? []
-    list.push({ incoming, entry, canonical, digest: createHash("sha256").update(canonical).digest() })
+    list.push({ incoming, entry, canonical, leaf: leafHash(canonical) })
     byChain.set(chain, list)
   }
   let appended = 0
@@ -105,85 +106,91 @@ const appendToChain = async (deps: IngestDeps, chain: string, list: ReadonlyArra
   const at = deps.now()
   await ensurePartition(deps.db, at)
   return deps.db.transaction().execute(async (tx) => {
-    await sql`insert into audit_chain_heads (zone) values (${chain}) on conflict do nothing`.execute(tx)
-    const head = (await sql<{ seq: string; mac: Buffer; frontier: Buffer; last_recorded_at: Date }>`
-      select seq, mac, frontier, last_recorded_at from audit_chain_heads where zone = ${chain} for update`.execute(tx)).rows[0]!
-    const ids = list.map((p) => p.entry.id)
-    const seen = new Map(
-      (await sql<{ id: string; digest: Buffer }>`select id, digest from audit_record_ids where id = any(${ids})`.execute(tx)).rows
-        .map((r) => [r.id, r.digest])
-    )
+    type Head = { seq: string; mac: Buffer; frontier: Buffer; last_recorded_at: Date | string }
+    const lockHead = () => sql<Head>`select seq, mac, frontier, last_recorded_at from audit_chain_heads where zone = ${chain} for update`.execute(tx)
+    let head = (await lockHead()).rows[0]
+    if (head === undefined) {
+      await sql`insert into audit_chain_heads (zone) values (${chain}) on conflict do nothing`.execute(tx)
+      head = (await lockHead()).rows[0]!
+    }
+    // claiming the ids is the deduplication: the ones not returned were chained before (or twice in this batch)
+    const claimed = new Set((await sql<{ id: string }>`
+      insert into audit_record_ids (id, digest)
+      select * from unnest(${list.map((p) => p.entry.id)}::text[], ${list.map((p) => p.leaf)}::bytea[])
+      on conflict (id) do nothing returning id`.execute(tx)).rows.map((r) => r.id))
     const fresh: Array<Prepared> = []
+    const again: Array<Prepared> = []
+    for (const p of list) {
+      if (claimed.delete(p.entry.id)) fresh.push(p)
+      else again.push(p)
+    }
     const tampered: Array<Tampered> = []
     let duplicates = 0
-    for (const p of list) {
-      const before = seen.get(p.entry.id)
-      if (before === undefined) {
-        fresh.push(p)
-        seen.set(p.entry.id, p.digest)
-      } else if (before.equals(p.digest)) duplicates++
-      else tampered.push({ incoming: p.incoming, chain, reason: "tamper: a record with this id and different content is already chained" })
+    if (again.length > 0) {
+      const known = new Map((await sql<{ id: string; digest: Buffer }>`
+        select id, digest from audit_record_ids where id = any(${again.map((p) => p.entry.id)})`.execute(tx)).rows.map((r) => [r.id, r.digest]))
+      for (const p of again) {
+        if (known.get(p.entry.id)?.equals(p.leaf)) duplicates++
+        else tampered.push({ incoming: p.incoming, chain, reason: "tamper: a record with this id and different content is already chained" })
+      }
     }
     if (fresh.length === 0) return { appended: 0, duplicates, tampered }
 
     // recorded_at never goes back within a chain: retention then always drops a chain's prefix
+    // a new chain's head says '-infinity', which pg hands over as a string
     const last = head.last_recorded_at instanceof Date && Number.isFinite(head.last_recorded_at.getTime()) ? head.last_recorded_at : new Date(0)
     const recordedAt = at.getTime() >= last.getTime() ? at : last
     if (recordedAt !== at) await ensurePartition(tx, recordedAt)
-    let seq = Number(head.seq)
+    const before = Number(head.seq)
+    let seq = before
     let prev = head.mac
-    const leaves: Array<Buffer> = []
+    const n = fresh.length
     const cols = {
-      seq: [] as Array<number>, id: [] as Array<string>, occurred: [] as Array<string>, source: [] as Array<string>, kind: [] as Array<string>,
-      decision: [] as Array<string | null>, request: [] as Array<string | null>, session: [] as Array<string | null>,
-      client: [] as Array<string | null>, jti: [] as Array<string | null>, canonical: [] as Array<Buffer>, prev: [] as Array<Buffer>,
-      mac: [] as Array<Buffer>, leaf: [] as Array<Buffer>, digest: [] as Array<Buffer>
+      seq: new Array<number>(n), id: new Array<string>(n), occurred: new Array<string>(n), source: new Array<string>(n),
+      kind: new Array<string>(n), decision: new Array<string | null>(n), request: new Array<string | null>(n),
+      session: new Array<string | null>(n), client: new Array<string | null>(n), jti: new Array<string | null>(n),
+      canonical: new Array<Buffer>(n), prev: new Array<Buffer>(n), mac: new Array<Buffer>(n), leaf: new Array<Buffer>(n)
     }
-    for (const p of fresh) {
+    for (let i = 0; i < n; i++) {
+      const p = fresh[i]!
       seq++
       const mac = chainMac(deps.key, chain, seq, prev, p.canonical)
-      const leaf = leafHash(p.canonical)
       const c = columnsOf(p.entry)
-      cols.seq.push(seq)
-      cols.id.push(p.entry.id)
-      cols.occurred.push(c.occurred_at)
-      cols.source.push(c.source)
-      cols.kind.push(c.kind)
-      cols.decision.push(c.decision)
-      cols.request.push(c.request_id)
-      cols.session.push(c.session_id)
-      cols.client.push(c.client_id)
-      cols.jti.push(c.jti)
-      cols.canonical.push(p.canonical)
-      cols.prev.push(prev)
-      cols.mac.push(mac)
-      cols.leaf.push(leaf)
-      cols.digest.push(p.digest)
-      leaves.push(leaf)
+      cols.seq[i] = seq
+      cols.id[i] = p.entry.id
+      cols.occurred[i] = c.occurred_at
+      cols.source[i] = c.source
+      cols.kind[i] = c.kind
+      cols.decision[i] = c.decision
+      cols.request[i] = c.request_id
+      cols.session[i] = c.session_id
+      cols.client[i] = c.client_id
+      cols.jti[i] = c.jti
+      cols.canonical[i] = p.canonical
+      cols.prev[i] = prev
+      cols.mac[i] = mac
+      cols.leaf[i] = p.leaf
       prev = mac
     }
-    const frontier = append(decodeFrontier(Number(head.seq), head.frontier), leaves)
-    await sql`
-      insert into audit_records (zone, seq, id, recorded_at, occurred_at, source, kind, decision, request_id, session_id, client_id, jti,
-        canonical, prev_mac, mac, leaf_hash)
-      select ${chain}, s, i, ${recordedAt.toISOString()}::timestamptz, o, src, k, d, r, ses, cl, j, can, pm, m, l
-      from unnest(${cols.seq}::bigint[], ${cols.id}::text[], ${cols.occurred}::timestamptz[], ${cols.source}::text[], ${cols.kind}::text[],
-        ${cols.decision}::text[], ${cols.request}::text[], ${cols.session}::text[], ${cols.client}::text[], ${cols.jti}::text[],
-        ${cols.canonical}::bytea[], ${cols.prev}::bytea[], ${cols.mac}::bytea[], ${cols.leaf}::bytea[])
-        as t(s, i, o, src, k, d, r, ses, cl, j, can, pm, m, l)`.execute(tx)
-    await sql`
-      insert into audit_record_ids (id, zone, seq, digest, recorded_at)
-      select i, ${chain}, s, d, ${recordedAt.toISOString()}::timestamptz
-      from unnest(${cols.id}::text[], ${cols.seq}::bigint[], ${cols.digest}::bytea[]) as t(i, s, d)`.execute(tx)
+    const frontier = append(decodeFrontier(before, head.frontier), cols.leaf)
     const every = deps.checkpointEvery ?? 1000
-    const crossed = Math.floor(seq / every) > Math.floor(Number(head.seq) / every)
+    const crossed = Math.floor(seq / every) > Math.floor(before / every)
     if (crossed) await insertCheckpoint(tx, deps.signer, chain, seq, frontierRoot(frontier), recordedAt)
+    // the rows and the new head in one statement
     await sql`
+      with rows as (
+        insert into audit_records (zone, seq, id, recorded_at, occurred_at, source, kind, decision, request_id, session_id, client_id, jti,
+          canonical, prev_mac, mac, leaf_hash)
+        select ${chain}, s, i, ${recordedAt.toISOString()}::timestamptz, o, src, k, d, r, ses, cl, j, can, pm, m, l
+        from unnest(${cols.seq}::bigint[], ${cols.id}::text[], ${cols.occurred}::timestamptz[], ${cols.source}::text[], ${cols.kind}::text[],
+          ${cols.decision}::text[], ${cols.request}::text[], ${cols.session}::text[], ${cols.client}::text[], ${cols.jti}::text[],
+          ${cols.canonical}::bytea[], ${cols.prev}::bytea[], ${cols.mac}::bytea[], ${cols.leaf}::bytea[])
+          as t(s, i, o, src, k, d, r, ses, cl, j, can, pm, m, l))
       update audit_chain_heads set seq = ${seq}, mac = ${prev}, frontier = ${encodeFrontier(frontier)},
         last_recorded_at = ${recordedAt.toISOString()}::timestamptz
         ${crossed ? sql`, checkpointed_size = ${seq}` : sql``}
       where zone = ${chain}`.execute(tx)
-    return { appended: fresh.length, duplicates, tampered }
+    return { appended: n, duplicates, tampered }
   })
 }
 

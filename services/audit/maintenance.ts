@@ -11,7 +11,7 @@ import { checkpointChains } from "./ingest.ts"
 import { auditKeys } from "./keys.ts"
 import { ensureAhead } from "./partitions.ts"
 import { applyRetention } from "./retention.ts"
-import { chainRows, listChains, loadAnchor, loadCheckpoints } from "./store.ts"
+import { chainPages, listChains, loadAnchor, loadCheckpoints } from "./store.ts"
 import { type Anchor, verifyChain } from "./verify.ts"
 
 const verifications = Metric.counter("caracal_audit_verifications_total", { description: "Self-verification rounds per result", incremental: true })
@@ -61,7 +61,7 @@ export const MaintenanceLive = Layer.effectDiscard(Effect.gen(function*() {
         const from = kept === undefined || (dropped !== undefined && dropped.firstSeq > kept.firstSeq) ? dropped : kept
         return verifyChain({
           chain,
-          rows: chainRows(db, chain, 5000, from?.firstSeq ?? 1),
+          pages: chainPages(db, chain, 5000, from?.firstSeq ?? 1),
           checkpoints: await loadCheckpoints(db, chain),
           anchor: from,
           hmacKey: keys.hmacKey,

@@ -7,7 +7,7 @@ import type { KeyObject } from "node:crypto"
 import { chainMac, GENESIS, sameMac } from "./chain.ts"
 import { type Checkpoint, verifyCheckpoint } from "./checkpoint.ts"
 import { columnsOf, type Columns, type Entry } from "./entry.ts"
-import { append, EMPTY_FRONTIER, type Frontier, frontierRoot, leafHash } from "./merkle.ts"
+import { EMPTY_FRONTIER, type Frontier, frontierRoot, leafHash, nodeHash } from "./merkle.ts"
 
 export interface StoredRow {
   readonly seq: number
@@ -18,6 +18,8 @@ export interface StoredRow {
   readonly leafHash: Buffer
   /** The stored filter columns, when the source has them (compared with the bytes). */
   readonly columns?: Columns
+  /** occurred_at as epoch milliseconds, when the source read it so (compared instead of the column's text). */
+  readonly occurredMs?: number
 }
 
 /** Where a chain starts when retention dropped its beginning. */
@@ -29,7 +31,9 @@ export interface Anchor {
 
 export interface VerifyInput {
   readonly chain: string
-  readonly rows: AsyncIterable<StoredRow> | Iterable<StoredRow>
+  readonly rows?: AsyncIterable<StoredRow> | Iterable<StoredRow>
+  /** The rows a page at a time (the database reader): fewer awaits on the hot path. */
+  readonly pages?: AsyncIterable<ReadonlyArray<StoredRow>>
   readonly checkpoints: ReadonlyArray<Checkpoint>
   readonly anchor?: Anchor | undefined
   /** AUDIT_HMAC_KEY: without it the MACs are not checked (the links and the Merkle roots still are). */
@@ -60,20 +64,23 @@ export interface VerifyReport {
   readonly end: Anchor
 }
 
-const sameColumns = (a: Columns, b: Columns) => {
-  for (const k of Object.keys(a) as Array<keyof Columns>) {
-    const x = a[k]
-    const y = b[k]
-    if (k === "occurred_at" ? Date.parse(String(x)) !== Date.parse(String(y)) : x !== y) return k
-  }
-  return undefined
+const KEYS = ["source", "kind", "decision", "request_id", "session_id", "client_id", "jti"] as const
+
+const differingColumn = (fromBytes: Columns, row: StoredRow) => {
+  const stored = row.columns!
+  for (const k of KEYS) if (fromBytes[k] !== stored[k]) return k
+  const ms = row.occurredMs ?? Date.parse(stored.occurred_at)
+  return Date.parse(fromBytes.occurred_at) === ms ? undefined : "occurred_at"
 }
 
 export const verifyChain = async (input: VerifyInput): Promise<VerifyReport> => {
   const checkpoints = [...input.checkpoints].sort((a, b) => a.treeSize - b.treeSize)
   let expected = input.anchor?.firstSeq ?? 1
   let prev = input.anchor?.prevMac ?? GENESIS
-  let frontier = input.anchor?.frontier ?? EMPTY_FRONTIER
+  // the frontier as a mutable stack on the hot path (merkle.ts's append copies it)
+  const stack: Array<Buffer> = [...(input.anchor?.frontier ?? EMPTY_FRONTIER).hashes]
+  let size = (input.anchor?.frontier ?? EMPTY_FRONTIER).size
+  const current = (): Frontier => ({ size, hashes: [...stack] })
   const firstSeq = expected
   let records = 0
   let verified = 0
@@ -90,17 +97,17 @@ export const verifyChain = async (input: VerifyInput): Promise<VerifyReport> => 
     macsChecked: input.hmacKey !== undefined,
     signaturesChecked: input.publicKey !== undefined,
     ...(firstBad ? { firstBad } : {}),
-    root: frontierRoot(frontier).toString("hex"),
-    end: { firstSeq: expected, prevMac: prev, frontier }
+    root: frontierRoot(current()).toString("hex"),
+    end: { firstSeq: expected, prevMac: prev, frontier: current() }
   })
   const checkCheckpoints = (): FirstBad | undefined => {
-    while (ci < checkpoints.length && checkpoints[ci]!.treeSize === frontier.size) {
+    while (ci < checkpoints.length && checkpoints[ci]!.treeSize === size) {
       const c = checkpoints[ci]!
       if (c.zone !== input.chain) return { seq: c.treeSize, id: null, reason: `checkpoint at size ${c.treeSize} names chain ${c.zone}` }
       if (input.publicKey !== undefined && !verifyCheckpoint(input.publicKey, c)) {
         return { seq: c.treeSize, id: null, reason: `checkpoint at size ${c.treeSize} has an invalid signature` }
       }
-      if (!frontierRoot(frontier).equals(c.root)) {
+      if (!frontierRoot(current()).equals(c.root)) {
         return { seq: c.treeSize, id: null, reason: `Merkle root over records 1..${c.treeSize} differs from the signed checkpoint` }
       }
       verified++
@@ -110,7 +117,7 @@ export const verifyChain = async (input: VerifyInput): Promise<VerifyReport> => 
   }
   const atStart = checkCheckpoints()
   if (atStart) return report(atStart)
-  for await (const row of input.rows) {
+  const one = (row: StoredRow): VerifyReport | undefined => {
     if (row.seq !== expected) {
       return report(row.seq > expected
         ? { seq: expected, id: null, reason: `record ${expected} is missing (the next stored record is ${row.seq}, id ${row.id})` }
@@ -130,16 +137,35 @@ export const verifyChain = async (input: VerifyInput): Promise<VerifyReport> => 
     }
     if (entry.chain !== input.chain || entry.id !== row.id) return bad("its bytes name another chain or id")
     if (row.columns !== undefined) {
-      const differs = sameColumns(columnsOf(entry), row.columns)
+      const differs = differingColumn(columnsOf(entry), row)
       if (differs !== undefined) return bad(`its ${differs} column differs from its bytes`)
     }
-    frontier = append(frontier, [row.leafHash])
+    stack.push(row.leafHash)
+    size++
+    for (let s = size; (s & 1) === 0; s >>>= 1) {
+      const right = stack.pop()!
+      stack.push(nodeHash(stack.pop()!, right))
+    }
     prev = row.mac
     expected++
     records++
     if (records % 10_000 === 0) input.onProgress?.(records)
     const cp = checkCheckpoints()
-    if (cp) return report(cp)
+    return cp ? report(cp) : undefined
+  }
+  if (input.pages !== undefined) {
+    for await (const page of input.pages) {
+      for (const row of page) {
+        const r = one(row)
+        if (r) return r
+      }
+    }
+  }
+  if (input.rows !== undefined) {
+    for await (const row of input.rows) {
+      const r = one(row)
+      if (r) return r
+    }
   }
   input.onProgress?.(records)
   if (ci < checkpoints.length) {

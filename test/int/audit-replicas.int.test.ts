@@ -17,9 +17,13 @@ describe("two audit replicas ingesting one zone", () => {
     const zone = await h.createZone()
     const stream = h.redis.keys.stream("audit")
     const victim = h.replicas[0]!
-    const burst = async (n: number) => (await Promise.all(Array.from({ length: n }, () => h.record({ zone_id: zone })))).map((r) => r.id)
-    const ids = await burst(TOTAL / 2)
-    // both replicas are ingesting: the victim dies holding delivered, unacknowledged entries
+    const ids: Array<string> = []
+    // the publisher runs while the test watches for the victim holding delivered, unacknowledged entries
+    const publishing = (async () => {
+      for (let round = 0; round < TOTAL / 100; round++) {
+        ids.push(...(await Promise.all(Array.from({ length: 100 }, () => h.record({ zone_id: zone })))).map((r) => r.id))
+      }
+    })()
     let held = 0
     await until(async () => {
       const pending = (await h.redis.redis.xpending(stream, "audit", "-", "+", 10_000)) as Array<[string, string, number, number]>
@@ -27,7 +31,7 @@ describe("two audit replicas ingesting one zone", () => {
       return held > 0
     }, 60_000, "the victim holds pending entries")
     await victim.stop("SIGKILL")
-    ids.push(...await burst(TOTAL / 2))
+    await publishing
     await until(async () => (await h.count(zone)) >= TOTAL, 120_000, "every record chained")
     const [stats] = await h.rows<{ n: string; distinct_ids: string; max_seq: string }>(
       "select count(*) as n, count(distinct id) as distinct_ids, max(seq) as max_seq from audit_records where zone = $1", [zone])

@@ -34,13 +34,9 @@ export async function up(db: Kysely<any>): Promise<void> {
   await sql`
     create table audit_record_ids (
       id text primary key,
-      zone text not null,
-      seq bigint not null,
-      -- SHA-256 of the canonical bytes: a redelivery must match it exactly
-      digest bytea not null,
-      recorded_at timestamptz not null
+      -- the record's Merkle leaf hash (SHA-256 over its canonical bytes): a redelivery must match it exactly
+      digest bytea not null
     )`.execute(db)
-  await sql`create index audit_record_ids_recorded on audit_record_ids (recorded_at)`.execute(db)
   await sql`
     create table audit_chain_heads (
       zone text primary key,
