@@ -73,6 +73,42 @@ const differingColumn = (fromBytes: Columns, row: StoredRow) => {
   return Date.parse(fromBytes.occurred_at) === ms ? undefined : "occurred_at"
 }
 
+/** What a row holds about itself, checked without the rows around it (so pages can be checked on another thread). */
+export interface ContentFault {
+  /** `leaf` faults come before the link check in the order a row is judged, `content` ones after it. */
+  readonly stage: "leaf" | "content"
+  readonly reason: string
+}
+
+export const checkContent = (chain: string, row: StoredRow, hmacKey: KeyObject | undefined): ContentFault | undefined => {
+  if (!sameMac(leafHash(row.canonical), row.leafHash)) return { stage: "leaf", reason: "its canonical bytes do not match its Merkle leaf hash" }
+  // with the stored previous MAC: the link check (done in order) makes it the running one
+  if (hmacKey !== undefined && !sameMac(chainMac(hmacKey, chain, row.seq, row.prevMac, row.canonical), row.mac)) {
+    return { stage: "content", reason: "its MAC does not match its bytes, position and chain" }
+  }
+  let entry: Entry
+  try {
+    entry = JSON.parse(row.canonical.toString("utf8")) as Entry
+  } catch {
+    return { stage: "content", reason: "its canonical bytes are not JSON" }
+  }
+  if (entry.chain !== chain || entry.id !== row.id) return { stage: "content", reason: "its bytes name another chain or id" }
+  if (row.columns !== undefined) {
+    const differs = differingColumn(columnsOf(entry), row)
+    if (differs !== undefined) return { stage: "content", reason: `its ${differs} column differs from its bytes` }
+  }
+  return undefined
+}
+
+/** The first faulty row of a page in itself (its index and fault). */
+const firstFault = (chain: string, rows: ReadonlyArray<StoredRow>, hmacKey: KeyObject | undefined) => {
+  for (let i = 0; i < rows.length; i++) {
+    const fault = checkContent(chain, rows[i]!, hmacKey)
+    if (fault) return { index: i, fault }
+  }
+  return undefined
+}
+
 export const verifyChain = async (input: VerifyInput): Promise<VerifyReport> => {
   const checkpoints = [...input.checkpoints].sort((a, b) => a.treeSize - b.treeSize)
   let expected = input.anchor?.firstSeq ?? 1
@@ -117,29 +153,17 @@ export const verifyChain = async (input: VerifyInput): Promise<VerifyReport> => 
   }
   const atStart = checkCheckpoints()
   if (atStart) return report(atStart)
-  const one = (row: StoredRow): VerifyReport | undefined => {
+  // the checks that need the rows before: order, link, the Merkle frontier, checkpoints
+  const inOrder = (row: StoredRow, fault: ContentFault | undefined): VerifyReport | undefined => {
     if (row.seq !== expected) {
       return report(row.seq > expected
         ? { seq: expected, id: null, reason: `record ${expected} is missing (the next stored record is ${row.seq}, id ${row.id})` }
         : { seq: row.seq, id: row.id, reason: `record ${row.seq} is out of order or stored twice (expected ${expected})` })
     }
     const bad = (reason: string) => report({ seq: row.seq, id: row.id, reason })
-    if (!sameMac(leafHash(row.canonical), row.leafHash)) return bad("its canonical bytes do not match its Merkle leaf hash")
+    if (fault?.stage === "leaf") return bad(fault.reason)
     if (!sameMac(row.prevMac, prev)) return bad("its previous link is not the MAC of the record before it")
-    if (input.hmacKey !== undefined && !sameMac(chainMac(input.hmacKey, input.chain, row.seq, prev, row.canonical), row.mac)) {
-      return bad("its MAC does not match its bytes, position and chain")
-    }
-    let entry: Entry
-    try {
-      entry = JSON.parse(row.canonical.toString("utf8")) as Entry
-    } catch {
-      return bad("its canonical bytes are not JSON")
-    }
-    if (entry.chain !== input.chain || entry.id !== row.id) return bad("its bytes name another chain or id")
-    if (row.columns !== undefined) {
-      const differs = differingColumn(columnsOf(entry), row)
-      if (differs !== undefined) return bad(`its ${differs} column differs from its bytes`)
-    }
+    if (fault) return bad(fault.reason)
     stack.push(row.leafHash)
     size++
     for (let s = size; (s & 1) === 0; s >>>= 1) {
@@ -153,19 +177,32 @@ export const verifyChain = async (input: VerifyInput): Promise<VerifyReport> => 
     const cp = checkCheckpoints()
     return cp ? report(cp) : undefined
   }
+  const page = (rows: ReadonlyArray<StoredRow>) => {
+    const found = firstFault(input.chain, rows, input.hmacKey)
+    for (let i = 0; i < rows.length; i++) {
+      const r = inOrder(rows[i]!, found?.index === i ? found.fault : undefined)
+      if (r) return r
+    }
+    return undefined
+  }
   if (input.pages !== undefined) {
-    for await (const page of input.pages) {
-      for (const row of page) {
-        const r = one(row)
-        if (r) return r
-      }
+    for await (const rows of input.pages) {
+      const r = page(rows)
+      if (r) return r
     }
   }
   if (input.rows !== undefined) {
+    let batch: Array<StoredRow> = []
     for await (const row of input.rows) {
-      const r = one(row)
-      if (r) return r
+      batch.push(row)
+      if (batch.length === 5000) {
+        const r = page(batch)
+        if (r) return r
+        batch = []
+      }
     }
+    const r = page(batch)
+    if (r) return r
   }
   input.onProgress?.(records)
   if (ci < checkpoints.length) {
