@@ -7,15 +7,17 @@
 // of its perfect subtrees, largest first (one per set bit of the size). It is all that is
 // needed to append and to compute the root, so the ingest keeps it in the chain head and
 // retention keeps it for the rows it drops.
-import { createHash } from "node:crypto"
+import { createHash, hash } from "node:crypto"
 
 export type Hash = Buffer
 
 const LEAF = Buffer.from([0])
 const NODE = Buffer.from([1])
 
-export const leafHash = (data: Buffer | string): Hash => createHash("sha256").update(LEAF).update(data).digest()
-export const nodeHash = (left: Hash, right: Hash): Hash => createHash("sha256").update(NODE).update(left).update(right).digest()
+// one-shot hashing of the concatenation: faster than a Hash object per call (a million per verification)
+export const leafHash = (data: Buffer | string): Hash =>
+  hash("sha256", Buffer.concat([LEAF, typeof data === "string" ? Buffer.from(data) : data]), "buffer")
+export const nodeHash = (left: Hash, right: Hash): Hash => hash("sha256", Buffer.concat([NODE, left, right]), "buffer")
 export const EMPTY_ROOT: Hash = createHash("sha256").digest()
 
 /** Largest power of two strictly below n (n ≥ 2). */
