@@ -15,6 +15,7 @@ import { GENESIS } from "./chain.ts"
 import type { CheckpointSigner } from "./checkpoint.ts"
 import { append, decodeFrontier, EMPTY_FRONTIER, encodeFrontier, type Frontier } from "./merkle.ts"
 import { type ExportRecord, toParquet, type WindowContent, windowTable } from "./parquet.ts"
+import { type RecordBatch, Table } from "apache-arrow"
 
 export const EXPORT_LEASE = "audit-export"
 export const windowKey = (start: Date) => `audit/v1/window=${start.toISOString()}/records.parquet`
@@ -111,37 +112,65 @@ const chainStates = async (db: Kysely<any>, zones: ReadonlyArray<string>): Promi
 // formatted by Postgres: a million Date objects parsed and re-serialised cost more than the rest of the read
 const ISO = (column: string) => sql.raw(`to_char(${column} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`)
 
-/** The window's content, read from the database. */
-export const windowContent = async (db: Kysely<any>, start: Date, end: Date, publicKey: string): Promise<{ content: WindowContent; states: Map<string, ChainState> }> => {
-  const { rows } = await sql<{
-    zone: string; seq: string; id: string; recorded_at: string; occurred_at: string; source: string; kind: string; decision: string | null
-    request_id: string | null; session_id: string | null; client_id: string | null; jti: string | null
-    canonical: Buffer; prev_mac: Buffer; mac: Buffer; leaf_hash: Buffer
-  }>`
-    select zone, seq, id, ${ISO("recorded_at")} as recorded_at, ${ISO("occurred_at")} as occurred_at, source, kind, decision, request_id,
-      session_id, client_id, jti, canonical, prev_mac, mac, leaf_hash
-    from audit_records where recorded_at >= ${start.toISOString()}::timestamptz and recorded_at < ${end.toISOString()}::timestamptz
-    order by zone, seq`.execute(db)
-  const records: Array<ExportRecord> = rows.map((r) => ({
-    zone: r.zone,
-    seq: Number(r.seq),
-    id: r.id,
-    recordedAt: r.recorded_at,
-    canonical: r.canonical,
-    prevMac: r.prev_mac,
-    mac: r.mac,
-    leafHash: r.leaf_hash,
-    columns: {
-      occurred_at: r.occurred_at, source: r.source, kind: r.kind, decision: r.decision, request_id: r.request_id,
-      session_id: r.session_id, client_id: r.client_id, jti: r.jti
-    }
-  }))
-  const zones = [...new Set(records.map((r) => r.zone))]
+type RecordRow = {
+  zone: string; seq: string; id: string; recorded_at: string; occurred_at: string; source: string; kind: string; decision: string | null
+  request_id: string | null; session_id: string | null; client_id: string | null; jti: string | null
+  canonical: Buffer; prev_mac: Buffer; mac: Buffer; leaf_hash: Buffer
+}
+
+const toRecord = (r: RecordRow): ExportRecord => ({
+  zone: r.zone,
+  seq: Number(r.seq),
+  id: r.id,
+  recordedAt: r.recorded_at,
+  canonical: r.canonical,
+  prevMac: r.prev_mac,
+  mac: r.mac,
+  leafHash: r.leaf_hash,
+  columns: {
+    occurred_at: r.occurred_at, source: r.source, kind: r.kind, decision: r.decision, request_id: r.request_id,
+    session_id: r.session_id, client_id: r.client_id, jti: r.jti
+  }
+})
+
+const CHUNK = 20_000
+
+/**
+ * The window's records in (zone, seq) order, a chunk at a time; the next chunk is asked for
+ * while the caller turns this one into Arrow columns (Postgres and this process work at once,
+ * and a million rows are never all held as objects).
+ */
+export async function* windowChunks(db: Kysely<any>, start: Date, end: Date, size = CHUNK): AsyncGenerator<Array<ExportRecord>> {
+  const read = (after: { zone: string; seq: number } | undefined) =>
+    sql<RecordRow>`
+      select zone, seq, id, ${ISO("recorded_at")} as recorded_at, ${ISO("occurred_at")} as occurred_at, source, kind, decision, request_id,
+        session_id, client_id, jti, canonical, prev_mac, mac, leaf_hash
+      from audit_records where recorded_at >= ${start.toISOString()}::timestamptz and recorded_at < ${end.toISOString()}::timestamptz
+        ${after ? sql`and (zone, seq) > (${after.zone}, ${after.seq})` : sql``}
+      order by zone, seq limit ${size}`.execute(db).then((r) => r.rows)
+  let next = read(undefined)
+  for (;;) {
+    const rows = await next
+    const last = rows.at(-1)
+    if (rows.length === size) next = read({ zone: last!.zone, seq: Number(last!.seq) })
+    yield rows.map(toRecord)
+    if (rows.length < size) return
+  }
+}
+
+/** Where each chain's part of the window starts and ends, as the chunks go by. */
+interface ZoneRun {
+  readonly zone: string
+  readonly leaves: Array<Buffer>
+  lastSeq: number
+  lastMac: Buffer
+}
+
+/** The checkpoints whose tree sizes fall in each chain's part of the window, and where each part starts. */
+const windowTail = async (db: Kysely<any>, runs: ReadonlyArray<ZoneRun>, publicKey: string) => {
+  const zones = runs.map((r) => r.zone)
   const states = await chainStates(db, zones)
-  const ranges = zones.map((z) => {
-    const own = records.filter((r) => r.zone === z)
-    return { zone: z, from: states.get(z)!.nextSeq - 1, to: own.at(-1)!.seq }
-  })
+  const ranges = runs.map((r) => ({ zone: r.zone, from: states.get(r.zone)!.nextSeq - 1, to: r.lastSeq }))
   const checkpoints = ranges.length === 0 ? [] : (await sql<{ zone: string; tree_size: string; root: Buffer; signed_at: string; key_id: string; signature: Buffer }>`
     select c.zone, c.tree_size, c.root, c.signed_at, c.key_id, c.signature from audit_checkpoints c
     join unnest(${ranges.map((r) => r.zone)}::text[], ${ranges.map((r) => r.from)}::bigint[], ${ranges.map((r) => r.to)}::bigint[]) as w(zone, lo, hi)
@@ -153,27 +182,57 @@ export const windowContent = async (db: Kysely<any>, start: Date, end: Date, pub
     const s = states.get(z)!
     return { zone: z, firstSeq: s.nextSeq, prevMac: s.prevMac, frontier: s.frontier }
   })
+  return { checkpoints, anchors, states }
+}
+
+const track = (runs: Array<ZoneRun>, records: ReadonlyArray<ExportRecord>) => {
+  for (const r of records) {
+    let run = runs.at(-1)
+    if (run === undefined || run.zone !== r.zone) {
+      run = { zone: r.zone, leaves: [], lastSeq: r.seq, lastMac: r.mac }
+      runs.push(run)
+    }
+    run.leaves.push(r.leafHash)
+    run.lastSeq = r.seq
+    run.lastMac = r.mac
+  }
+}
+
+/** The window's whole content at once (small windows, the benchmark's ceiling). */
+export const windowContent = async (db: Kysely<any>, start: Date, end: Date, publicKey: string): Promise<{ content: WindowContent; states: Map<string, ChainState> }> => {
+  const records: Array<ExportRecord> = []
+  for await (const chunk of windowChunks(db, start, end)) records.push(...chunk)
+  const runs: Array<ZoneRun> = []
+  track(runs, records)
+  const { checkpoints, anchors, states } = await windowTail(db, runs, publicKey)
   return { content: { records, checkpoints, anchors }, states }
 }
 
 const exportWindow = async (deps: ExportDeps, lease: Lease, start: Date, end: Date) => {
   const db = deps.database.db
   const key = windowKey(start)
-  const { content, states } = await windowContent(db, start, end, deps.signer.publicKeyHex)
+  // records become Arrow batches chunk by chunk; the checkpoints and anchors follow in a last batch
+  const batches: Array<RecordBatch> = []
+  const runs: Array<ZoneRun> = []
+  let count = 0
+  for await (const chunk of windowChunks(db, start, end)) {
+    if (chunk.length === 0) continue
+    track(runs, chunk)
+    count += chunk.length
+    batches.push(...windowTable({ records: chunk, checkpoints: [], anchors: [] }).batches)
+  }
+  const { checkpoints, anchors, states } = await windowTail(db, runs, deps.signer.publicKeyHex)
   let written = false
-  if (content.records.length > 0) {
-    const body = toParquet(windowTable(content))
-    written = await putOnce(deps.s3, deps.bucket, key, body)
+  if (count > 0) {
+    batches.push(...windowTable({ records: [], checkpoints, anchors }).batches)
+    written = await putOnce(deps.s3, deps.bucket, key, toParquet(new Table(batches)))
   }
   // the chains' state after this window, and the watermark, in one fenced transaction
   const moved = await db.transaction().execute(async (tx) => {
-    for (const zone of new Set(content.records.map((r) => r.zone))) {
-      const own = content.records.filter((r) => r.zone === zone)
-      const s = states.get(zone)!
-      const frontier = append(s.frontier, own.map((r) => r.leafHash))
-      const last = own.at(-1)!
+    for (const run of runs) {
+      const frontier = append(states.get(run.zone)!.frontier, run.leaves)
       await sql`
-        insert into audit_export_zones (zone, next_seq, prev_mac, frontier) values (${zone}, ${last.seq + 1}, ${last.mac}, ${encodeFrontier(frontier)})
+        insert into audit_export_zones (zone, next_seq, prev_mac, frontier) values (${run.zone}, ${run.lastSeq + 1}, ${run.lastMac}, ${encodeFrontier(frontier)})
         on conflict (zone) do update set next_seq = excluded.next_seq, prev_mac = excluded.prev_mac, frontier = excluded.frontier`.execute(tx)
     }
     const r = await sql`
@@ -184,7 +243,7 @@ const exportWindow = async (deps: ExportDeps, lease: Lease, start: Date, end: Da
     if (Number(r.numAffectedRows ?? 0) !== 1) throw new LostLease()
     return true
   })
-  return { key, records: content.records.length, written: written && moved }
+  return { key, records: count, written: written && moved }
 }
 
 /** PUT unless the key exists; an existing object must hold the same bytes (else it is refused, never overwritten). */
