@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { makeDatabase, makeKysely } from "../../core/db/database.ts"
 import { backboneMigrationFolder, FoldersMigrationProvider, migrateToLatest, migrationFolders } from "../../core/db/migrate.ts"
 import { repoRoot } from "../../core/stack-env.ts"
-import { emptyDatabase, stackEnv, startService, type TestDatabase } from "../../core/testing/index.ts"
+import { emptyDatabase, stackEnv, startService, type TestDatabase, waitFor } from "../../core/testing/index.ts"
 
 // names already recorded by migrated databases: they never change, wherever their files live
 const RECORDED = [
@@ -55,11 +55,11 @@ describe("when two services migrate one empty database at once", () => {
     const env = { DATABASE_URL: db.url, REDIS_URL: stackEnv().REDIS_URL, INSECURE_HTTP: "true", STS_URL: "http://127.0.0.1:1" }
     const [a, b] = await Promise.all([
       startService("coordinator", env),
-      startService("audit", { ...env, AUDIT_HMAC_KEY: "ab".repeat(32) })
+      startService("audit", { ...env, AUDIT_HMAC_KEY: "ab".repeat(32), AUDIT_CHECKPOINT_KEY: "cd".repeat(32) })
     ])
     try {
-      expect((await fetch(`${a!.url}/ready`)).status).toBe(200)
-      expect((await fetch(`${b!.url}/ready`)).status).toBe(200)
+      // listening comes before ready: the audit's /ready also waits for its consumer to run
+      for (const s of [a!, b!]) await waitFor(async () => (await fetch(`${s.url}/ready`)).status === 200, 30_000)
       const rows = await query<{ name: string; n: string }>(db.url, "select name, count(*) as n from kysely_migration group by name")
       const files = union()
       expect(files).toEqual(expect.arrayContaining(RECORDED))
