@@ -42,6 +42,8 @@ const records = (zone: string, n: number): Array<Incoming> =>
     }
   }))
 
+let ingestCeiling = 0
+
 // ---------------------------------------------------------------- ingest
 {
   const zone = await zoneFor("bench-ingest")
@@ -68,6 +70,7 @@ const records = (zone: string, n: number): Array<Incoming> =>
   const ceiling = rows.length / ((performance.now() - cstart) / 1000)
   await sql`delete from audit_records where zone = 'ceiling'`.execute(kdb)
   report({ bench: "audit", metric: `ingest_one_zone_${INGEST_N}`, value: rate, unit: "records/s", ceiling })
+  ingestCeiling = ceiling
 }
 
 // ---------------------------------------------------------------- seed N records for verify and export
@@ -131,3 +134,38 @@ clock.set("2026-06-01T11:00:00.000Z") // one export window holds them all
 }
 
 await db.close()
+
+// ---------------------------------------------------------------- ingest through the service
+// The same kind of records, signed on the audit stream, consumed by an audit service process
+// (its own database: its self-verification must not read the chains above).
+{
+  const E2E_N = Number(process.env.BENCH_E2E_N ?? 50_000)
+  const { startService, testRedis } = await import("../core/testing/index.ts")
+  const { makeAuditLog } = await import("../core/audit-log.ts")
+  const { signingKey } = await import("../core/signing.ts")
+  const { Effect } = await import("effect")
+  const own = await freshDatabase("bench_audit_e2e")
+  const redis = await testRedis("benchaudit")
+  const streamsKey = randomBytes(32)
+  const zone = "bench-e2e"
+  await sql`insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, data)
+    values (${randomUUID()}, ${zone}, 'zone', ${zone}, 1, 'ZoneCreated', 1, now(), '{"kind":"bench","id":"b"}', 'c', '{}')`.execute(own.database.db)
+  // a backlog first: the figure is the service's sustained consumption, not the publisher's pace
+  const log = makeAuditLog(redis.redis, redis.keys, signingKey(streamsKey))
+  const input = records(zone, E2E_N).map((r) => r.body as never)
+  for (let i = 0; i < input.length; i += 500) await Promise.all(input.slice(i, i + 500).map((r) => Effect.runPromise(log.append(r))))
+  const service = await startService("audit", {
+    DATABASE_URL: own.url, REDIS_URL: stackEnv().REDIS_URL, REDIS_KEY_PREFIX: redis.keys.prefix, INSECURE_HTTP: "true", LOG_LEVEL: "warn",
+    STREAMS_HMAC_KEY: streamsKey.toString("hex"), AUDIT_HMAC_KEY: randomBytes(32).toString("hex"), AUDIT_CHECKPOINT_KEY: randomBytes(32).toString("hex")
+  })
+  const chained = async () => Number((await sql<{ n: string }>`select count(*) as n from audit_records where zone = ${zone}`.execute(own.database.db)).rows[0]!.n)
+  let first = 0
+  while ((first = await chained()) === 0) await new Promise((r) => setTimeout(r, 20))
+  const start = performance.now()
+  while ((await chained()) < E2E_N) await new Promise((r) => setTimeout(r, 20))
+  const rate = (E2E_N - first) / ((performance.now() - start) / 1000)
+  report({ bench: "audit", metric: `ingest_through_service_${E2E_N}`, value: rate, unit: "records/s", ceiling: ingestCeiling })
+  await service.stop("SIGKILL")
+  await redis.close()
+  await own.close()
+}
