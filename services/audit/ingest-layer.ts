@@ -10,7 +10,7 @@ import { v7 as uuidv7 } from "uuid"
 import { makeAuditLog } from "../../core/audit-log.ts"
 import { signerFrom, verifierFrom } from "../../core/backbone.ts"
 import { loadSpec, ServiceConfig } from "../../core/config/load.ts"
-import { type Decode, type DeadLettered, makeConsumer, type ReceivedEvent } from "../../core/consumer.ts"
+import { type Decode, type DeadLettered, defaultConsumerName, makeConsumer, type ReceivedEvent } from "../../core/consumer.ts"
 import { Database, isUnavailable } from "../../core/db/database.ts"
 import type { Keys } from "../../core/redis/keys.ts"
 import { RedisClient } from "../../core/redis/redis.ts"
@@ -140,12 +140,13 @@ export const IngestLive = Layer.effectDiscard(Effect.gen(function*() {
     }
   }
 
-  const member = (redisConn: Redis, streams: ReadonlyArray<string>, origin: Incoming["origin"], decode: Decode<Record<string, unknown>>) => {
+  const member = (redisConn: Redis, streams: ReadonlyArray<string>, origin: Incoming["origin"], decode: Decode<Record<string, unknown>>, name: string) => {
     const h = handle(origin)
     return makeConsumer<Record<string, unknown>>({
       redis: redisConn,
       streams,
       group: GROUP,
+      consumer: name,
       decode,
       verifier,
       deadLetterStream: redis.keys.deadLetters,
@@ -158,9 +159,13 @@ export const IngestLive = Layer.effectDiscard(Effect.gen(function*() {
       onError: (e) => void run(Effect.logWarning("audit: consumer error").pipe(Effect.annotateLogs({ error: String(e) })))
     })
   }
+  // two members on the audit stream: one reads, verifies and prepares its batch while the
+  // other's is in Postgres (a chain's head lock still takes their batches one at a time)
+  const me = defaultConsumerName()
   const members = [
-    member(auditRedis, [auditStream], "record", recordDecoder),
-    member(redis.streams, domainStreams(redis.keys), "event", eventDecoder)
+    member(auditRedis, [auditStream], "record", recordDecoder, `${me}-a`),
+    member(auditRedis, [auditStream], "record", recordDecoder, `${me}-b`),
+    member(redis.streams, domainStreams(redis.keys), "event", eventDecoder, me)
   ]
   for (const m of members) {
     yield* Effect.acquireRelease(Effect.sync(() => m.run()), (done) =>

@@ -27,7 +27,7 @@ describe("two audit replicas ingesting one zone", () => {
     let held = 0
     await until(async () => {
       const pending = (await h.redis.redis.xpending(stream, "audit", "-", "+", 10_000)) as Array<[string, string, number, number]>
-      held = pending.filter((p) => p[1].endsWith(`-${victim.child.pid}`)).length
+      held = pending.filter((p) => p[1].includes(`-${victim.child.pid}-`)).length
       return held > 0
     }, 60_000, "the victim holds pending entries")
     await victim.stop("SIGKILL")
