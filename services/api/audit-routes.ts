@@ -5,13 +5,14 @@
 import { Effect } from "effect"
 import { createSecretKey, type KeyObject } from "node:crypto"
 import { type Kysely, sql } from "kysely"
+import { DbError, isUnavailable } from "../../core/db/database.ts"
 import { httpError } from "../../core/http/errors.ts"
 import { publicKeyFromHex } from "../audit/checkpoint.ts"
 import type { Entry } from "../audit/entry.ts"
 import { consistencyProofFor, inclusionProofFor, ProofUnavailable } from "../audit/proofs.ts"
 import { redact } from "../audit/redact.ts"
 import { loadCheckpoints, verifyStoredChain } from "../audit/store.ts"
-import { rejected } from "./domain/record.ts"
+import { type ApiRejected, rejected } from "./domain/record.ts"
 import { answer, type Ctx, route, type RouteSpec } from "./route-kit.ts"
 
 export interface AuditRouteDeps {
@@ -22,6 +23,12 @@ export interface AuditRouteDeps {
   readonly hmacKey?: Buffer | undefined
   readonly checkpointPublicKey?: Buffer | undefined
 }
+
+/** Postgres away is a 503 (DbError); any other failure of a query is a bug: a 500. */
+const read = <A>(f: () => Promise<A>) =>
+  Effect.tryPromise({ try: f, catch: (cause) => cause }).pipe(
+    Effect.catch((cause) => (isUnavailable(cause) ? Effect.fail(new DbError({ cause })) : Effect.die(cause)))
+  )
 
 const LIMIT_MAX = 1000
 const DECISIONS = new Set(["allow", "deny", "error"])
@@ -90,7 +97,7 @@ export const auditRoutes = (deps: AuditRouteDeps): ReadonlyArray<RouteSpec> => {
   const zoneOf = (ctx: Ctx<unknown>) =>
     Effect.gen(function*() {
       const zone = ctx.params.zone ?? ""
-      if (!(yield* Effect.promise(() => deps.zoneExists(zone)))) return yield* rejected(404, "zone_not_found", "no such zone")
+      if (!(yield* read(() => deps.zoneExists(zone)))) return yield* rejected(404, "zone_not_found", "no such zone")
       return zone
     })
 
@@ -136,7 +143,7 @@ export const auditRoutes = (deps: AuditRouteDeps): ReadonlyArray<RouteSpec> => {
           jti: yield* param(q, "jti"),
           kind: yield* param(q, "event_type")
         }
-        const { rows } = yield* Effect.promise(() =>
+        const { rows } = yield* read(() =>
           sql<AuditRow>`
             select seq, id, recorded_at, occurred_at, source, kind, decision, request_id, session_id, client_id, jti, canonical
             from audit_records where zone = ${zone} and seq > ${after}
@@ -174,7 +181,7 @@ export const auditRoutes = (deps: AuditRouteDeps): ReadonlyArray<RouteSpec> => {
         const zone = yield* zoneOf(ctx)
         const id = ctx.params.id!
         if (id.length > 200) return yield* httpError(400, "invalid_request", "the request id is too long")
-        const { rows } = yield* Effect.promise(() =>
+        const { rows } = yield* read(() =>
           sql<AuditRow>`
             select seq, id, recorded_at, occurred_at, source, kind, decision, request_id, session_id, client_id, jti, canonical
             from audit_records where zone = ${zone} and request_id = ${id} order by occurred_at, seq limit 10000`.execute(deps.db)
@@ -201,7 +208,7 @@ export const auditRoutes = (deps: AuditRouteDeps): ReadonlyArray<RouteSpec> => {
     run: (ctx) =>
       Effect.gen(function*() {
         const zone = yield* zoneOf(ctx)
-        const r = yield* Effect.promise(() => verifyStoredChain(deps.db, zone, { hmacKey, publicKey }))
+        const r = yield* read(() => verifyStoredChain(deps.db, zone, { hmacKey, publicKey }))
         return answer({
           zone,
           ok: r.ok,
@@ -217,8 +224,10 @@ export const auditRoutes = (deps: AuditRouteDeps): ReadonlyArray<RouteSpec> => {
       })
   })
 
-  const proofError = (e: unknown) =>
-    e instanceof ProofUnavailable ? Effect.fail(rejected(409, "proof_unavailable", e.message)) : Effect.die(e)
+  const proofError = (e: unknown): Effect.Effect<never, ApiRejected | DbError> =>
+    e instanceof ProofUnavailable
+      ? Effect.fail(rejected(409, "proof_unavailable", e.message))
+      : isUnavailable(e) ? Effect.fail(new DbError({ cause: e })) : Effect.die(e)
 
   const checkpoints = route({
     method: "GET",
@@ -229,7 +238,7 @@ export const auditRoutes = (deps: AuditRouteDeps): ReadonlyArray<RouteSpec> => {
     run: (ctx) =>
       Effect.gen(function*() {
         const zone = yield* zoneOf(ctx)
-        const cps = yield* Effect.promise(() => loadCheckpoints(deps.db, zone))
+        const cps = yield* read(() => loadCheckpoints(deps.db, zone))
         return answer({
           items: cps.map((c) => ({ tree_size: c.treeSize, root: c.root.toString("hex"), signed_at: c.signedAt, key_id: c.keyId, signature: c.signature.toString("hex") }))
         }, 200)
