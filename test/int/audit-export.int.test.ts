@@ -199,4 +199,36 @@ describe("audit export to S3", () => {
       assert.strictEqual(c.root, db2.root)
     }
   }, 120_000)
+
+  it("caracal audit export writes the closed windows now, with a progress bar", async () => {
+    const own = await freshDatabase("auditexportcli")
+    try {
+      const z = `zone-${randomBytes(4).toString("hex")}`
+      await queryRows(own.url, `insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor,
+        correlation_id, data) values ($1, $2, 'zone', $2, 1, 'ZoneCreated', 1, now(), '{"kind":"admin","id":"t"}', $3, '{}')`, [randomUUID(), z, randomUUID()])
+      const twoHoursAgo = new Date(Date.now() - 2 * HOUR)
+      const ownDeps: IngestDeps = { db: own.database.db, key: createSecretKey(hmacSeed), signer, zones: zoneDirectory(own.database.db), now: () => twoHoursAgo }
+      await ingest(ownDeps, Array.from({ length: 5 }, () => ({
+        origin: "record" as const, stream: "audit",
+        body: { id: uuidv7(), zone_id: z, source: "sts", kind: "token_exchange", decision: "allow", request_id: randomUUID(), occurred_at: twoHoursAgo.toISOString() }
+      })))
+      await checkpointChains(own.database.db, signer, twoHoursAgo)
+      const bucket = `cli-${randomBytes(4).toString("hex")}`
+      await direct.send(new CreateBucketCommand({ Bucket: bucket }))
+      const env = {
+        DATABASE_URL: own.url, AUDIT_EXPORT_S3_BUCKET: bucket, AUDIT_EXPORT_S3_ENDPOINT: endpoint, AWS_ACCESS_KEY_ID: "test", AWS_SECRET_ACCESS_KEY: "test",
+        AUDIT_CHECKPOINT_PUBLIC_KEY: signer.publicKeyHex
+      }
+      const r = await runScript("cli/main.ts", ["audit", "export"], env, 60_000)
+      assert.strictEqual(r.code, 0, r.stdout + r.stderr)
+      const start = new Date(Math.floor(twoHoursAgo.getTime() / HOUR) * HOUR)
+      assert.include(r.stdout, `wrote s3://${bucket}/${windowKey(start)} (5 records)`)
+      assert.match(r.stderr, /exporting \[#+\.*\] \d+%/)
+      const again = await runScript("cli/main.ts", ["audit", "export"], env, 60_000)
+      assert.strictEqual(again.code, 0, again.stderr)
+      assert.notInclude(again.stdout, "wrote")
+    } finally {
+      await own.close()
+    }
+  }, 120_000)
 })
