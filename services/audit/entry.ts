@@ -62,7 +62,8 @@ export const columnsOf = (e: Entry): Columns => {
     decision: null,
     // an event's correlation id is the request that caused it (the api's request id)
     request_id: str(b.correlationId),
-    session_id: aggregate.type === "agent" ? str(aggregate.id) : str(data.sessionId) ?? str(data.agentSessionId),
+    // a delegation belongs to the story of the session it delegates into: the delegate acts there
+    session_id: aggregate.type === "agent" ? str(aggregate.id) : str(data.sessionId) ?? str(data.agentSessionId) ?? str(data.targetSessionId),
     client_id: str(data.applicationId) ?? str(actor.id),
     jti: null
   }
