@@ -173,12 +173,17 @@ const firstCall = (resource: string) => {
   const api = services.find((s) => s.name === "api")!
   const gateway = services.find((s) => s.name === "gateway")!
   const apiEnv = api.port === 3000 ? "" : `CARACAL_API_URL=http://127.0.0.1:${api.port} `
-  const call = `fetch('http://127.0.0.1:${gateway.port}/hello', { headers: { authorization: 'Bearer ' + process.env.DEMO_API_TOKEN, 'x-caracal-resource': '${resource}' } })` +
+  // the call names its request id, so the audit timeline of exactly this call can be asked for
+  const requestId = `first-call-${randomBytes(4).toString("hex")}`
+  const call = `fetch('http://127.0.0.1:${gateway.port}/hello', { headers: { authorization: 'Bearer ' + process.env.DEMO_API_TOKEN, 'x-caracal-resource': '${resource}', 'x-request-id': '${requestId}' } })` +
     ".then(async (r) => console.log(r.status, await r.text()))"
   console.log("Make a first governed call (another terminal, in this directory):")
   console.log(`  $ ${apiEnv}npx caracal config init --demo`)
   console.log(`  $ npx caracal run -- node -e "${call}"`)
-  console.log("  (caracal run exchanges the demo application's secret for a per-call mandate; the gateway checks it and calls the demo upstream)\n")
+  console.log("  (caracal run exchanges the demo application's secret for a per-call mandate; the gateway checks it and calls the demo upstream)")
+  console.log("See it in the audit trail (the gateway's record, chained and signed by the audit service):")
+  console.log(`  $ npx caracal audit timeline --request ${requestId}`)
+  console.log("")
 }
 
 // Report when every service answers /ready.

@@ -1,7 +1,7 @@
 // `npm start`'s service runner: all five services come up on the local stack and answer
 // /health and /ready with 200, the demo zone is bootstrapped (its secret kept in the data
 // directory, never printed), the commands it prints for a first governed call work as
-// printed, then they stop on SIGTERM.
+// printed (the call, then its audit timeline), then they stop on SIGTERM.
 import { execFileSync, spawn } from "node:child_process"
 import { mkdtempSync, readFileSync } from "node:fs"
 import os from "node:os"
@@ -20,8 +20,7 @@ describe("when the development stack starts", () => {
     const db = await emptyDatabase("e2e_start")
     const child = spawn(nodeBinary(), [path.join(repoRoot, "infra/dev.ts")], {
       cwd: repoRoot,
-      // and Redis keys of its own: the relay's fence lives beside each stream, so a fresh
-      // database's relay (epoch 1) could not publish to streams another run fenced higher
+      // and Redis keys of its own: other runs' streams and consumer groups are not its business
       env: { ...process.env, DEV_PORT_OFFSET: String(offset), LOG_LEVEL: "warn", XDG_DATA_HOME: data, TEST_DATABASE_URL: db.url, REDIS_KEY_PREFIX: `e2estart${offset}` },
       stdio: ["ignore", "pipe", "pipe"]
     })
@@ -53,16 +52,27 @@ describe("when the development stack starts", () => {
 
       // the printed commands, run as printed (npx caracal is this checkout's bin; a working
       // directory of the test's, so the caracal.toml they write lands there)
-      await waitFor(async () => out.includes("(caracal run exchanges"), 10_000, 100)
+      await waitFor(async () => out.includes("caracal audit timeline"), 10_000, 100)
       const commands = out.split("\n").filter((l) => l.startsWith("  $ ")).map((l) => l.slice(4))
-      expect(commands).toHaveLength(2)
+      expect(commands).toHaveLength(3)
       const cwd = mkdtempSync(path.join(os.tmpdir(), "caracal-first-call-"))
       const bin = `${nodeBinary()} ${path.join(repoRoot, "cli/caracal.mjs")}`
-      let last = ""
-      for (const c of commands) {
-        last = execFileSync("sh", ["-c", c.replace("npx caracal", bin)], { cwd, env: { ...process.env, XDG_DATA_HOME: data }, encoding: "utf8", timeout: 60_000 })
-      }
-      expect(last).toMatch(/^200 \{"upstream":"demo","method":"GET","path":"\/hello"/)
+      // the user's environment: the CLI reads the same database the services use
+      const env = { ...process.env, XDG_DATA_HOME: data, DATABASE_URL: db.url }
+      const run = (c: string) => execFileSync("sh", ["-c", c.replace("npx caracal", bin)], { cwd, env, encoding: "utf8", timeout: 60_000 })
+      run(commands[0]!)
+      expect(run(commands[1]!)).toMatch(/^200 \{"upstream":"demo","method":"GET","path":"\/hello"/)
+      // the audit service chains the gateway's record within moments: the timeline shows the call
+      let timeline = ""
+      await waitFor(async () => {
+        try {
+          timeline = run(commands[2]!)
+          return timeline.includes("proxy")
+        } catch {
+          return false
+        }
+      }, 30_000, 500)
+      expect(timeline).toMatch(/gateway +proxy ALLOW +client_id=.* resource=demo-api/)
     } finally {
       child.kill("SIGTERM")
     }
