@@ -117,13 +117,17 @@ report({ bench: "gateway", metric: "p99_ms_c32_vs_30ms_target", value: percentil
 report({ bench: "gateway", metric: "bare_proxy_p99_ms_c32", value: percentile(bareHigh.latencies, 99), unit: "ms", ceiling: 30 })
 
 // revocation → refusal: a streaming call in flight is cut when its session is terminated
+// (`session`), and when the root of its agent tree is (`subtree`: the coordinator's cascade
+// terminates the child, whose mandate the stream runs on)
 const lifecycle = await g.ambient()
-const delays: Array<number> = []
-for (let t = 0; t < TRIALS; t++) {
-  const spawned = await g.coord("POST", `/zones/${g.zone}/agents`, lifecycle, { application_id: g.app.id })
-  if (spawned.status !== 201) throw new Error(`spawn: ${spawned.text}`)
-  const mandate = await g.perCall("bench", { session: spawned.body.id })
-
+const spawn = async (parent?: string) => {
+  const r = await g.coord("POST", `/zones/${g.zone}/agents`, lifecycle, { application_id: g.app.id, ...(parent === undefined ? {} : { parent_id: parent }) })
+  if (r.status !== 201) throw new Error(`spawn: ${r.text}`)
+  return r.body.id as string
+}
+/** Opens a stream on `session`'s mandate, terminates `victim`, and answers how long the cut took (ms). */
+const trial = async (session: string, victim: string) => {
+  const mandate = await g.perCall("bench", { session })
   // (resolved with an object: a promise resolved with a promise would wait for that one)
   const { closed } = await new Promise<{ closed: Promise<number> }>((resolve, reject) => {
     http.get({ host: "127.0.0.1", port: gatewayPort, path: "/events", headers: { authorization: `Bearer ${mandate}`, "x-caracal-resource": "bench" } }, (res) => {
@@ -134,13 +138,26 @@ for (let t = 0; t < TRIALS; t++) {
     }).on("error", reject)
   })
   const revokedAt = performance.now()
-  const revoked = await g.coord("DELETE", `/zones/${g.zone}/agents/${spawned.body.id}`, lifecycle)
+  const revoked = await g.coord("DELETE", `/zones/${g.zone}/agents/${victim}`, lifecycle)
   if (revoked.status !== 200) throw new Error(`terminate: ${revoked.text}`)
-  delays.push((await closed) - revokedAt)
+  return (await closed) - revokedAt
 }
-delays.sort((a, b) => a - b)
-report({ bench: "gateway", metric: `revocation_to_cut_p50_ms_${TRIALS}_trials`, value: percentile(delays, 50), unit: "ms", ceiling: 250 })
-report({ bench: "gateway", metric: `revocation_to_cut_p99_ms_${TRIALS}_trials`, value: percentile(delays, 99), unit: "ms", ceiling: 250 })
+const figures = async (name: string, run: () => Promise<number>, trials: number) => {
+  const delays: Array<number> = []
+  for (let t = 0; t < trials; t++) delays.push(await run())
+  delays.sort((a, b) => a - b)
+  report({ bench: "gateway", metric: `${name}_revocation_to_cut_p50_ms_${trials}_trials`, value: percentile(delays, 50), unit: "ms", ceiling: 250 })
+  report({ bench: "gateway", metric: `${name}_revocation_to_cut_p99_ms_${trials}_trials`, value: percentile(delays, 99), unit: "ms", ceiling: 250 })
+}
+await figures("session", async () => {
+  const s = await spawn()
+  return trial(s, s)
+}, TRIALS)
+await figures("subtree", async () => {
+  const root = await spawn()
+  const child = await spawn(root)
+  return trial(child, root)
+}, Math.max(1, Math.floor(TRIALS / 2)))
 
 await g.close()
 for (const p of peers) p.child.kill("SIGKILL")
