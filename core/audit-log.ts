@@ -25,9 +25,20 @@ export interface AuditLogShape {
   readonly append: (record: Omit<AuditRecord, "id" | "occurred_at"> & Partial<Pick<AuditRecord, "id" | "occurred_at">>) =>
     Effect.Effect<AuditRecord, AuditUnavailable>
   readonly ping: Effect.Effect<void, AuditUnavailable>
+  /**
+   * A record as `append` would put it on the stream — its fields (the exact bytes, and their
+   * signature when there is a key) — for a writer that adds it within a script of its own.
+   */
+  readonly entry: (record: AuditRecord) => ReadonlyArray<string>
 }
 
 const encode = Schema.encodeSync(AuditRecordSchema)
+
+/** The stream fields of a record: its bytes, signed like every stream entry. */
+const fieldsOf = (record: AuditRecord, stream: string, signer: SigningKey | undefined): Array<string> => {
+  const bytes = JSON.stringify(encode(record))
+  return signer ? ["e", bytes, "k", signer.id, "s", sign(signer, stream, bytes)] : ["e", bytes]
+}
 
 export const makeAuditLog = (redis: Redis, keys: Keys, signer: SigningKey | undefined): AuditLogShape => {
   const stream = keys.stream("audit")
@@ -35,9 +46,8 @@ export const makeAuditLog = (redis: Redis, keys: Keys, signer: SigningKey | unde
     stream,
     append: (partial) =>
       Effect.gen(function*() {
-        const record = encode({ ...partial, id: partial.id ?? uuidv7(), occurred_at: partial.occurred_at ?? new Date().toISOString() })
-        const bytes = JSON.stringify(record)
-        const fields = signer ? ["e", bytes, "k", signer.id, "s", sign(signer, stream, bytes)] : ["e", bytes]
+        const record: AuditRecord = { ...partial, id: partial.id ?? uuidv7(), occurred_at: partial.occurred_at ?? new Date().toISOString() }
+        const fields = fieldsOf(record, stream, signer)
         yield* Effect.tryPromise({
           try: () => redis.xadd(stream, "*", ...fields),
           catch: (cause) => new AuditUnavailable({ cause })
@@ -46,7 +56,8 @@ export const makeAuditLog = (redis: Redis, keys: Keys, signer: SigningKey | unde
         )
         return record
       }),
-    ping: Effect.asVoid(Effect.tryPromise({ try: () => redis.ping(), catch: (cause) => new AuditUnavailable({ cause }) }))
+    ping: Effect.asVoid(Effect.tryPromise({ try: () => redis.ping(), catch: (cause) => new AuditUnavailable({ cause }) })),
+    entry: (record) => fieldsOf(record, stream, signer)
   }
 }
 

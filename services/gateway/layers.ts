@@ -121,6 +121,12 @@ const claimsConnection = (vars: GatewayVars) =>
     (r) => Effect.promise(() => r.quit().catch(() => r.disconnect()))
   )
 
+/** The database a Redis URL names (its path, as ioredis reads it), 0 by default. */
+const dbOf = (url: string): number => {
+  const path = new URL(url).pathname.replace(/^\//, "")
+  return /^\d+$/.test(path) ? Number(path) : 0
+}
+
 /** The proxy as the service's Front handler. */
 export const GatewayFront = Layer.effect(Front, Effect.gen(function*() {
   const vars = yield* varsOf
@@ -159,6 +165,11 @@ export const GatewayFront = Layer.effect(Front, Effect.gen(function*() {
       timeoutMs: 5000
     }),
     audit: (record) => Effect.runPromise(Effect.asVoid(audit.append(record))),
+    // the audit stream on the same Redis as the replay store (the default): each call's record
+    // goes with its jti claim, in one script
+    ...(Redacted.value(vars.AUDIT_STREAM_URL) === Redacted.value(vars.REDIS_URL)
+      ? { recordWithClaim: { stream: audit.stream, db: dbOf(Redacted.value(vars.AUDIT_STREAM_URL)), entry: audit.entry } }
+      : {}),
     budgetKey: (zone, resource, app) => redis.keys.rateLimit("gateway", `${zone}:${resource}:${app}`),
     allowlist: vars.UPSTREAM_ALLOWLIST ?? parseAllowlist(undefined),
     maxBodyBytes: vars.MAX_BODY_BYTES,

@@ -16,6 +16,31 @@ if n > tonumber(ARGV[1]) then return -1 end
 if redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'NX') then return 1 end
 return 0`
 
+// The same, and then the call's audit record for the outcome, appended to the audit stream in
+// the same script (when that stream lives on this Redis): one round trip decides the call and
+// records the decision. KEYS[3] the audit stream; ARGV[3] its db, ARGV[4] this connection's;
+// ARGV[5..] three field lists, each after its length: for fresh, replay and rate_limited.
+const CLAIM_AND_RECORD = `
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], 60) end
+local outcome = 0
+if n > tonumber(ARGV[1]) then outcome = -1
+elseif redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'NX') then outcome = 1 end
+local skip = (outcome == 1) and 0 or ((outcome == 0) and 1 or 2)
+local i = 5
+for _ = 1, skip do i = i + tonumber(ARGV[i]) + 1 end
+redis.call('SELECT', ARGV[3])
+redis.call('XADD', KEYS[3], '*', unpack(ARGV, i + 1, i + tonumber(ARGV[i])))
+redis.call('SELECT', ARGV[4])
+return outcome`
+
+/** Where the audit records go when they are written with the claim, and each outcome's record. */
+export interface RecordWithClaim {
+  readonly stream: string
+  readonly db: number
+  readonly fields: Readonly<Record<Claim, ReadonlyArray<string>>>
+}
+
 /** A bounded map that forgets its least recently added entries first. */
 export class JtiCache {
   private readonly seen = new Map<string, number>()
@@ -47,28 +72,51 @@ export interface ReplayGuard {
    * mandate's exp (the claim is kept that long). Rejects when Redis does not answer.
    */
   readonly claim: (jti: string, expiresAtMs: number, budgetKey: string, perMinute: number) => Promise<Claim>
+  /**
+   * `claim`, and the record of its outcome appended in the same script. A repeat this replica
+   * has seen is answered from the cache: "replay", with nothing recorded (the caller records it).
+   */
+  readonly claimAndRecord: (jti: string, expiresAtMs: number, budgetKey: string, perMinute: number, record: RecordWithClaim) =>
+    Promise<{ readonly claim: Claim; readonly recorded: boolean }>
   readonly cache: JtiCache
 }
 
 interface ClaimingRedis extends Redis {
   caracalClaim(budget: string, jti: string, perMinute: number, ttlMs: number): Promise<number>
+  caracalClaimAndRecord(budget: string, jti: string, stream: string, ...args: Array<string | number>): Promise<number>
 }
+
+const outcomeOf = (answer: number): Claim => (answer === -1 ? "rate_limited" : answer === 1 ? "fresh" : "replay")
 
 export const makeReplayGuard = (limits: Redis, jtiKey: (jti: string) => string, capacity: number, now: () => number = Date.now): ReplayGuard => {
   const redis = limits as ClaimingRedis
   if (typeof redis.caracalClaim !== "function") redis.defineCommand("caracalClaim", { numberOfKeys: 2, lua: CLAIM })
+  if (typeof redis.caracalClaimAndRecord !== "function") redis.defineCommand("caracalClaimAndRecord", { numberOfKeys: 3, lua: CLAIM_AND_RECORD })
+  const ownDb = limits.options.db ?? 0
   const cache = new JtiCache(capacity)
+  // the clock tolerance lets a mandate be used a little past exp: keep its claim as long
+  const ttlOf = (expiresAtMs: number, t: number) => Math.max(1000, expiresAtMs - t + 10_000)
+  const remember = (jti: string, claim: Claim, until: number) => {
+    if (claim !== "rate_limited") cache.add(jti, until)
+  }
   return {
     cache,
     claim: async (jti, expiresAtMs, budgetKey, perMinute) => {
       const t = now()
       if (cache.has(jti, t)) return "replay"
-      // the clock tolerance lets a mandate be used a little past exp: keep its claim as long
-      const ttl = Math.max(1000, expiresAtMs - t + 10_000)
-      const answer = await redis.caracalClaim(budgetKey, jtiKey(jti), perMinute, ttl)
-      if (answer === -1) return "rate_limited"
-      cache.add(jti, t + ttl)
-      return answer === 1 ? "fresh" : "replay"
+      const ttl = ttlOf(expiresAtMs, t)
+      const claim = outcomeOf(await redis.caracalClaim(budgetKey, jtiKey(jti), perMinute, ttl))
+      remember(jti, claim, t + ttl)
+      return claim
+    },
+    claimAndRecord: async (jti, expiresAtMs, budgetKey, perMinute, record) => {
+      const t = now()
+      if (cache.has(jti, t)) return { claim: "replay", recorded: false }
+      const ttl = ttlOf(expiresAtMs, t)
+      const lists = (["fresh", "replay", "rate_limited"] as const).flatMap((c) => [String(record.fields[c].length), ...record.fields[c]])
+      const claim = outcomeOf(await redis.caracalClaimAndRecord(budgetKey, jtiKey(jti), record.stream, perMinute, ttl, record.db, ownDb, ...lists))
+      remember(jti, claim, t + ttl)
+      return { claim, recorded: true }
     }
   }
 }

@@ -67,4 +67,24 @@ describe("replay", () => {
       if (!stopped) await spare.stop()
     }
   }, 120_000)
+
+  it("the audit stream unreachable: refused with 503 before the upstream is called", async () => {
+    const spare = await spareRedisServer([])
+    let stopped = false
+    try {
+      // the audit stream on a Redis of its own: the record is appended apart from the jti claim
+      const gw = await g.startGateway({ AUDIT_STREAM_URL: spare.url })
+      const call = async (mandate: string) =>
+        (await fetch(`${gw.url}/audited`, { headers: { authorization: `Bearer ${mandate}`, "x-caracal-resource": "plain" } })).status
+      expect(await call(await g.perCall("plain")), gw.stdout() + gw.stderr()).toBe(200)
+      await spare.stop()
+      stopped = true
+      const before = g.upstream.seen.length
+      const mandate = await g.perCall("plain")
+      expect(await call(mandate)).toBe(503)
+      expect(g.upstream.seen.length).toBe(before)
+    } finally {
+      if (!stopped) await spare.stop()
+    }
+  }, 120_000)
 })
