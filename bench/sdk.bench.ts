@@ -12,7 +12,7 @@
 import { createServer, request as httpRequest } from "node:http"
 import type { AddressInfo } from "node:net"
 import { Agent, Caracal, CoordinatorClient } from "../sdk/src/index.ts"
-import { startGatewayStack } from "../test/fixtures/gateway.ts"
+import { sdkFor, startGatewayStack } from "../test/fixtures/gateway.ts"
 import { startZone } from "../test/fixtures/zone.ts"
 import { percentile, report } from "./lib.ts"
 
@@ -129,15 +129,7 @@ if (GATEWAY_PAIRS > 0) {
   await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r))
   const proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`
   try {
-    const real = new Caracal({
-      coordinator: new CoordinatorClient({ baseUrl: g.coordinator.url }),
-      zoneId: g.zone,
-      applicationId: g.app.id,
-      subjectToken: await g.ambient(),
-      gatewayUrl: g.gateways[0]!.url,
-      stsUrl: g.api.sts.url,
-      resources: [{ resourceId: "api", upstreamPrefix: "http://upstream.example" }]
-    })
+    const real = await sdkFor(g, [{ resourceId: "api", upstreamPrefix: "http://upstream.example" }])
     const session = await real.startSession()
     const mandates: Array<string> = []
     for (let i = 0; i < 2 * GATEWAY_PAIRS + 100; i++) mandates.push((await session.exchange("api")).accessToken)

@@ -6,8 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { runScript } from "../../core/testing/index.ts"
 import { checkpointSigner } from "../../services/audit/checkpoint.ts"
-import { Caracal, CoordinatorClient } from "../../sdk/src/index.ts"
-import { type GatewayHarness, startGatewayStack } from "../fixtures/gateway.ts"
+import type { Caracal } from "../../sdk/src/index.ts"
+import { type GatewayHarness, sdkFor, startGatewayStack } from "../fixtures/gateway.ts"
 import { until } from "../fixtures/harness.ts"
 
 let g: GatewayHarness
@@ -24,15 +24,7 @@ const cli = (args: ReadonlyArray<string>) =>
 
 beforeAll(async () => {
   g = await startGatewayStack("e2e_audit", { audit: true })
-  caracal = new Caracal({
-    coordinator: new CoordinatorClient({ baseUrl: g.coordinator.url }),
-    zoneId: g.zone,
-    applicationId: g.app.id,
-    subjectToken: await g.ambient(),
-    gatewayUrl: g.gateways[0]!.url,
-    stsUrl: g.api.sts.url,
-    resources: [{ resourceId: "api", upstreamPrefix: UPSTREAM }]
-  })
+  caracal = await sdkFor(g, [{ resourceId: "api", upstreamPrefix: UPSTREAM }])
 }, 180_000)
 afterAll(async () => {
   await g?.close()

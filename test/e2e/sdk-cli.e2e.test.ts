@@ -12,8 +12,8 @@ import os from "node:os"
 import path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { nodeBinary, repoRoot } from "../../core/testing/index.ts"
-import { Caracal, CaracalError, CoordinatorClient } from "../../sdk/src/index.ts"
-import { type GatewayHarness, startGatewayStack } from "../fixtures/gateway.ts"
+import { type Caracal, CaracalError } from "../../sdk/src/index.ts"
+import { type GatewayHarness, sdkFor, startGatewayStack } from "../fixtures/gateway.ts"
 
 let g: GatewayHarness
 let caracal: Caracal
@@ -23,15 +23,7 @@ beforeAll(async () => {
   g = await startGatewayStack("e2e_sdk_cli")
   // an MCP tool server the zone knows but has not bound to the application: the sts refuses it
   await g.post(`/v1/zones/${g.zone}/resources`, { identifier: "mcp:unbound", scopes: ["tools:call"] })
-  caracal = new Caracal({
-    coordinator: new CoordinatorClient({ baseUrl: g.coordinator.url }),
-    zoneId: g.zone,
-    applicationId: g.app.id,
-    subjectToken: await g.ambient(),
-    gatewayUrl: g.gateways[0]!.url,
-    stsUrl: g.api.sts.url,
-    resources: [{ resourceId: "api", upstreamPrefix: UPSTREAM }]
-  })
+  caracal = await sdkFor(g, [{ resourceId: "api", upstreamPrefix: UPSTREAM }])
 }, 180_000)
 afterAll(async () => {
   await g?.close()

@@ -3,8 +3,8 @@
 // and the trace headers, as an agent and as a delegate with a narrower scope; a revoked
 // edge and an ended session stop the next call; a replayed pre-minted mandate is refused.
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { Caracal, CaracalError, CoordinatorClient } from "../../sdk/src/index.ts"
-import { type GatewayHarness, startGatewayStack } from "../fixtures/gateway.ts"
+import { type Caracal, CaracalError } from "../../sdk/src/index.ts"
+import { type GatewayHarness, sdkFor, startGatewayStack } from "../fixtures/gateway.ts"
 
 let g: GatewayHarness
 let caracal: Caracal
@@ -14,15 +14,7 @@ const claims = (jwt: string) => JSON.parse(Buffer.from(jwt.split(".")[1]!, "base
 
 beforeAll(async () => {
   g = await startGatewayStack("sdk_gw")
-  caracal = new Caracal({
-    coordinator: new CoordinatorClient({ baseUrl: g.coordinator.url }),
-    zoneId: g.zone,
-    applicationId: g.app.id,
-    subjectToken: await g.ambient(),
-    gatewayUrl: g.gateways[0]!.url,
-    stsUrl: g.api.sts.url,
-    resources: [{ resourceId: "api", upstreamPrefix: PREFIX }, { resourceId: "plain", upstreamPrefix: `${PREFIX}/plain` }]
-  })
+  caracal = await sdkFor(g, [{ resourceId: "api", upstreamPrefix: PREFIX }, { resourceId: "plain", upstreamPrefix: `${PREFIX}/plain` }])
 }, 180_000)
 afterAll(async () => {
   await g?.close()
