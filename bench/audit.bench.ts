@@ -11,9 +11,9 @@ import { v7 as uuidv7 } from "uuid"
 import { freshDatabase, manualClock, stackEnv } from "../core/testing/index.ts"
 import { chainMac } from "../services/audit/chain.ts"
 import { checkpointSigner } from "../services/audit/checkpoint.ts"
-import { runExport, windowContent } from "../services/audit/export.ts"
+import { runExport, windowArrow } from "../services/audit/export.ts"
 import { type Incoming, ingest, type IngestDeps, zoneDirectory } from "../services/audit/ingest.ts"
-import { toParquet, windowTable } from "../services/audit/parquet.ts"
+import { toParquet } from "../services/audit/parquet.ts"
 import { chainPages, verifyStoredChain } from "../services/audit/store.ts"
 import { report } from "./lib.ts"
 
@@ -122,8 +122,7 @@ clock.set("2026-06-01T11:00:00.000Z") // one export window holds them all
   const exported = r.windows.reduce((a, w) => a + w.records, 0)
   if (exported !== N) throw new Error(`exported ${exported} of ${N}`)
   // ceiling: the same Arrow table, already built, written as Parquet to the same S3
-  const { content } = await windowContent(kdb, windowStart, new Date(windowStart.getTime() + 3_600_000), signer.publicKeyHex)
-  const table = windowTable(content)
+  const { table } = await windowArrow(kdb, windowStart, new Date(windowStart.getTime() + 3_600_000), signer.publicKeyHex)
   const cstart = performance.now()
   const body = toParquet(table)
   await s3.send(new PutObjectCommand({ Bucket: bucket, Key: "ceiling.parquet", Body: body }))

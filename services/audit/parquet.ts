@@ -91,6 +91,80 @@ export const windowTable = (w: WindowContent): Table => {
   })
 }
 
+/** A variable-width column laid out as Arrow wants it: validity bits, n + 1 offsets, the values' bytes back to back. */
+export interface VarColumn {
+  readonly nullCount: number
+  readonly nullBitmap: Uint8Array
+  readonly valueOffsets: Int32Array
+  readonly data: Uint8Array
+}
+
+/** A chunk of records as columns (the export's reader hands them over in this form, never as row objects). */
+export interface RecordColumns {
+  readonly length: number
+  readonly seq: BigInt64Array
+  readonly zone: VarColumn
+  readonly id: VarColumn
+  readonly recorded_at: VarColumn
+  readonly occurred_at: VarColumn
+  readonly source: VarColumn
+  readonly kind: VarColumn
+  readonly decision: VarColumn
+  readonly request_id: VarColumn
+  readonly session_id: VarColumn
+  readonly client_id: VarColumn
+  readonly jti: VarColumn
+  readonly canonical: VarColumn
+  readonly prev_mac: VarColumn
+  readonly mac: VarColumn
+  readonly leaf_hash: VarColumn
+}
+
+/**
+ * A chunk of records as an Arrow table with windowTable's schema, built over the column
+ * buffers as they are (no value is looked at): the same bytes windowTable would lay out
+ * from row objects, without a million of those objects.
+ */
+export const recordsTable = (c: RecordColumns): Table => {
+  const n = c.length
+  const text = (col: VarColumn) => makeVector(makeData({ type: new Utf8(), length: n, ...col }))
+  const bytes = (col: VarColumn) => makeVector(makeData({ type: new Binary(), length: n, ...col }))
+  const none: VarColumn = { nullCount: n, nullBitmap: new Uint8Array((n + 7) >> 3), valueOffsets: new Int32Array(n + 1), data: new Uint8Array(0) }
+  const kind = Buffer.from("record")
+  const kinds = Buffer.allocUnsafe(kind.length * n)
+  const kindOffsets = new Int32Array(n + 1)
+  for (let i = 0; i < n; i++) {
+    kind.copy(kinds, i * kind.length)
+    kindOffsets[i + 1] = (i + 1) * kind.length
+  }
+  const all = new Uint8Array((n + 7) >> 3).fill(0xff)
+  return new Table({
+    row_kind: text({ nullCount: 0, nullBitmap: all, valueOffsets: kindOffsets, data: kinds }),
+    zone: text(c.zone),
+    seq: makeVector(makeData({ type: new Int64(), length: n, data: c.seq })),
+    id: text(c.id),
+    recorded_at: text(c.recorded_at),
+    occurred_at: text(c.occurred_at),
+    source: text(c.source),
+    kind: text(c.kind),
+    decision: text(c.decision),
+    request_id: text(c.request_id),
+    session_id: text(c.session_id),
+    client_id: text(c.client_id),
+    jti: text(c.jti),
+    canonical: bytes(c.canonical),
+    prev_mac: bytes(c.prev_mac),
+    mac: bytes(c.mac),
+    leaf_hash: bytes(c.leaf_hash),
+    root: bytes(none),
+    signed_at: text(none),
+    key_id: text(none),
+    public_key: text(none),
+    signature: bytes(none),
+    frontier: bytes(none)
+  })
+}
+
 export const toParquet = (table: Table): Uint8Array => {
   const props = new WriterPropertiesBuilder().setCompression(Compression.ZSTD).build()
   return writeParquet(WasmTable.fromIPCStream(tableToIPC(table, "stream")), props)
