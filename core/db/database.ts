@@ -18,8 +18,14 @@ export const makeKysely = (url: string, max = POOL_MAX) => {
   // a connection dropped while a query runs on it: the query fails (and the caller answers 503);
   // without a listener its error event would crash the process
   pool.on("connect", (client) => client.on("error", () => {}))
-  return new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) })
+  const db = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) })
+  pools.set(db, pool)
+  return db
 }
+
+const pools = new WeakMap<Kysely<any>, pg.Pool>()
+/** The pg pool under a Kysely made by makeKysely: for what Kysely cannot say, such as COPY … TO STDOUT. */
+export const poolOf = (db: Kysely<any>): pg.Pool | undefined => pools.get(db)
 
 /**
  * Postgres could not be used (down, restarting, overloaded, cancelled): a 503 with a retry.

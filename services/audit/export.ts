@@ -9,7 +9,8 @@
 import { HeadObjectCommand, PutObjectCommand, type S3Client } from "@aws-sdk/client-s3"
 import { createHash } from "node:crypto"
 import { type Kysely, sql } from "kysely"
-import type { DatabaseShape } from "../../core/db/database.ts"
+import { copyOut, copyTuples } from "../../core/db/copy-out.ts"
+import { type DatabaseShape, poolOf } from "../../core/db/database.ts"
 import { acquireLease, type Lease, renewLease } from "../../core/relay-lease.ts"
 import { GENESIS } from "./chain.ts"
 import type { CheckpointSigner } from "./checkpoint.ts"
@@ -109,43 +110,155 @@ const chainStates = async (db: Kysely<any>, zones: ReadonlyArray<string>): Promi
   return out
 }
 
-// formatted by Postgres: a million Date objects parsed and re-serialised cost more than the rest of the read
+// Instants travel as Postgres' own 8 bytes (microseconds since 2000-01-01 UTC) and are
+// written out here as ISO text: to_char on two columns was half of Postgres' work on a chunk,
+// and Date objects per value cost more than that. Postgres still formats what lies outside
+// years 0001–9999 (or is infinite), exactly as before, so the text is to_char's everywhere.
 const ISO = (column: string) => `to_char(${column} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`
+const UNUSUAL = (column: string) =>
+  `(case when ${column} >= '0001-01-01T00:00:00Z'::timestamptz and ${column} < '10000-01-01T00:00:00Z'::timestamptz then '' else ${ISO(column)} end)`
 
-/** The variable-width columns, in the order of the query, as SQL giving each value's bytes (text as its UTF-8). */
+/**
+ * The variable-width columns, in the order of the query, as SQL (text travels as its UTF-8 in
+ * a binary COPY); for the instants, the text only where Postgres formats it (else empty).
+ */
 const VARIABLE = {
-  zone: "textsend(zone)", id: "textsend(id)", recorded_at: `textsend(${ISO("recorded_at")})`, occurred_at: `textsend(${ISO("occurred_at")})`,
-  source: "textsend(source)", kind: "textsend(kind)", decision: "textsend(decision)", request_id: "textsend(request_id)",
-  session_id: "textsend(session_id)", client_id: "textsend(client_id)", jti: "textsend(jti)",
+  zone: "zone", id: "id", recorded_at: UNUSUAL("recorded_at"), occurred_at: UNUSUAL("occurred_at"),
+  source: "source", kind: "kind", decision: "decision", request_id: "request_id",
+  session_id: "session_id", client_id: "client_id", jti: "jti",
   canonical: "canonical", prev_mac: "prev_mac", mac: "mac", leaf_hash: "leaf_hash"
 } as const
+const INSTANTS = ["recorded_at", "occurred_at"] as const
+
+const EPOCH_2000_MS = 946_684_800_000
+const DIGITS = (out: Buffer, at: number, v: number, width: number) => {
+  for (let i = width - 1; i >= 0; i--) {
+    out[at + i] = 48 + (v % 10)
+    v = Math.floor(v / 10)
+  }
+}
+/** YYYY-MM-DDTHH:MM:SS.mmmZ of a millisecond instant in years 0001–9999 (the proleptic Gregorian calendar, as Postgres counts). */
+export const writeIso = (out: Buffer, at: number, ms: number) => {
+  const days = Math.floor(ms / 86_400_000)
+  let rest = ms - days * 86_400_000
+  // days since 1970-01-01 to a civil date: eras of 400 years, each 146,097 days
+  const z = days + 719_468
+  const era = Math.floor(z / 146_097)
+  const doe = z - era * 146_097
+  const yoe = Math.floor((doe - Math.floor(doe / 1460) + Math.floor(doe / 36_524) - Math.floor(doe / 146_096)) / 365)
+  const doy = doe - (365 * yoe + Math.floor(yoe / 4) - Math.floor(yoe / 100))
+  const mp = Math.floor((5 * doy + 2) / 153)
+  const day = doy - Math.floor((153 * mp + 2) / 5) + 1
+  const month = mp < 10 ? mp + 3 : mp - 9
+  const year = yoe + era * 400 + (month <= 2 ? 1 : 0)
+  DIGITS(out, at, year, 4)
+  out[at + 4] = 45
+  DIGITS(out, at + 5, month, 2)
+  out[at + 7] = 45
+  DIGITS(out, at + 8, day, 2)
+  out[at + 10] = 84
+  DIGITS(out, at + 11, Math.floor(rest / 3_600_000), 2)
+  rest %= 3_600_000
+  out[at + 13] = 58
+  DIGITS(out, at + 14, Math.floor(rest / 60_000), 2)
+  rest %= 60_000
+  out[at + 16] = 58
+  DIGITS(out, at + 17, Math.floor(rest / 1000), 2)
+  out[at + 19] = 46
+  DIGITS(out, at + 20, rest % 1000, 3)
+  out[at + 23] = 90
+}
+
+/** Whole milliseconds of a microsecond count, rounded down as to_char's MS is (exact: a Number holds 2^53 µs, under 300 years). */
+const millisOf = (us: bigint) => Number(us / 1000n) - (us < 0n && us % 1000n !== 0n ? 1 : 0)
+
+/** An instant column as text: the micros formatted here, or Postgres' own text where it gave one (or null). */
+const instantColumn = (micros: BigInt64Array, unusual: VarColumn): VarColumn => {
+  const n = micros.length
+  const given = Buffer.from(unusual.data.buffer, unusual.data.byteOffset, unusual.data.length)
+  const data = Buffer.allocUnsafe(24 * n + given.length)
+  const valueOffsets = new Int32Array(n + 1)
+  let at = 0
+  let lastMicros = 0n
+  let lastAt = -1
+  for (let i = 0; i < n; i++) {
+    const from = unusual.valueOffsets[i]!
+    const to = unusual.valueOffsets[i + 1]!
+    const valid = (unusual.nullBitmap[i >> 3]! >> (i & 7)) & 1
+    if (valid && to === from) {
+      const us = micros[i]!
+      // a batch shares its recorded_at: the previous text again
+      if (lastAt >= 0 && us === lastMicros) data.copy(data, at, lastAt, lastAt + 24)
+      else writeIso(data, at, EPOCH_2000_MS + millisOf(us))
+      lastMicros = us
+      lastAt = at
+      at += 24
+    } else if (valid) at += given.copy(data, at, from, to)
+    valueOffsets[i + 1] = at
+  }
+  return { nullCount: unusual.nullCount, nullBitmap: unusual.nullBitmap, valueOffsets, data: data.subarray(0, at) }
+}
+
 type Variable = keyof typeof VARIABLE
 
 /**
- * One chunk as one row of Postgres aggregates: per column, the values' bytes back to back and
- * their lengths as big-endian int32 (-1 for null), and the seqs as big-endian int64, each
- * base64 (decoded natively). A million rows of sixteen fields each, parsed into strings and
- * Buffers one by one, cost three times what writing the Parquet file does; this way the
- * per-record work is Postgres's, and JS touches a few dozen buffers per chunk.
+ * One chunk as one row of Postgres aggregates, read with COPY in binary: per column, the
+ * values' bytes back to back and an int4[] of their lengths (null for null); the seqs and
+ * instants as their 8 bytes each. A million rows of sixteen fields each, parsed one by one into
+ * strings and Buffers (bytea as hex), cost three times what writing the Parquet file does;
+ * this way JS touches a few buffers per chunk and nothing is encoded on the way. (Per-row
+ * functions such as textsend or int4send cost Postgres an allocation each: aggregates only.)
  * The aggregates read the ordered subquery's rows in its order (one Agg node advances all of
  * them per input row, so the columns stay aligned); the reader checks that order anyway.
  */
-const aggregates = sql.raw(Object.entries(VARIABLE).map(([k, e]) =>
-  `encode(string_agg(${e}, ''), 'base64') as ${k}_d, encode(string_agg(coalesce(int4send(octet_length(${e})), decode('ffffffff', 'hex')), ''), 'base64') as ${k}_l`
-).join(",\n  "))
-
-const fromBase64 = (s: string | null) => (s === null ? Buffer.alloc(0) : Buffer.from(s, "base64"))
-
-/** Big-endian 4- or 8-byte words as a native (little-endian) typed array over the same memory when aligned. */
-const words = <T>(b: Buffer, width: 4 | 8, make: (buf: ArrayBuffer, offset: number, n: number) => T): T => {
-  const own = b.byteOffset % width === 0 ? b : Buffer.from(b)
-  if (width === 4) own.swap32()
-  else own.swap64()
-  return make(own.buffer as ArrayBuffer, own.byteOffset, own.length / width)
+const chunkCopy = (start: Date, end: Date, part: Part) => {
+  const names = Object.keys(VARIABLE) as Array<Variable>
+  // COPY takes no parameters: the literals are timestamps and numbers formatted here, and a chain name quoted
+  const literal = (v: string) => `'${v.replaceAll("'", "''")}'`
+  return `copy (
+    select count(*)::int4, string_agg(int8send(seq), ''), ${names.map((k) => `string_agg(${VARIABLE[k]}, '')`).join(", ")},
+      ${names.map((k) => `array_agg(octet_length(${VARIABLE[k]}))`).join(", ")},
+      ${INSTANTS.map((k) => `string_agg(timestamptz_send(${k}), '')`).join(", ")}
+    from (select * from audit_records where zone = ${literal(part.zone)} and seq >= ${part.from}::bigint and seq <= ${part.to}::bigint
+      and recorded_at >= ${literal(start.toISOString())}::timestamptz and recorded_at < ${literal(end.toISOString())}::timestamptz
+      order by seq) t
+  ) to stdout (format binary)`
 }
 
-const variableColumn = (data: Buffer, lengths: Int32Array): VarColumn => {
-  const n = lengths.length
+/** A chunk of the window: one chain's records with seqs in [from, to]. */
+interface Part {
+  readonly zone: string
+  readonly from: bigint
+  readonly to: bigint
+}
+
+/** Big-endian 4- or 8-byte words as a native (little-endian) typed array, over a copy of the bytes. */
+const int32s = (b: Buffer | null) => {
+  const own = Buffer.from(b ?? Buffer.alloc(0))
+  own.swap32()
+  return new Int32Array(own.buffer, own.byteOffset, own.length / 4)
+}
+const int64s = (b: Buffer | null) => {
+  const own = Buffer.from(b ?? Buffer.alloc(0))
+  own.swap64()
+  return new BigInt64Array(own.buffer, own.byteOffset, own.length / 8)
+}
+
+/**
+ * The lengths in a binary int4[] (n elements, one dimension): after a 20-byte header, each
+ * element is its length word (4, or -1 for null) and its value.
+ */
+const lengthsOf = (array: Buffer | null, n: number): Int32Array => {
+  const out = new Int32Array(n)
+  if (n === 0) return out
+  const w = int32s(array)
+  if (w[0] !== 1 || w[3] !== n || w.length < 5 + 2 * n) throw new Error(`export: a lengths array that is not ${n} int4s`)
+  for (let i = 0, at = 5; i < n; i++, at += 2) out[i] = w[at] === -1 ? -1 : w[at + 1]!
+  return out
+}
+
+/** A column of n rows from its values' bytes back to back and their lengths (-1 for null). */
+const variableColumn = (data: Buffer, lengths: Int32Array, n: number): VarColumn => {
   const valueOffsets = new Int32Array(n + 1)
   const nullBitmap = new Uint8Array((n + 7) >> 3)
   let at = 0
@@ -163,39 +276,62 @@ const variableColumn = (data: Buffer, lengths: Int32Array): VarColumn => {
   return { nullCount, nullBitmap, valueOffsets, data }
 }
 
-const CHUNK = 25_000
+const CHUNK = 10_000
+/** Chunks read at once: Postgres builds two on the two cores while this process lays out the one before. */
+const AHEAD = 2
+
+/** The window's parts: each chain's seq range in it (from the primary key's index alone), cut every `size` seqs. */
+const windowParts = async (db: Kysely<any>, start: Date, end: Date, size: number): Promise<Array<Part>> => {
+  const { rows } = await sql<{ zone: string; lo: string; hi: string }>`
+    select zone, min(seq) as lo, max(seq) as hi from audit_records
+    where recorded_at >= ${start.toISOString()}::timestamptz and recorded_at < ${end.toISOString()}::timestamptz
+    group by zone order by zone`.execute(db)
+  const parts: Array<Part> = []
+  const step = BigInt(size)
+  for (const r of rows) {
+    const hi = BigInt(r.hi)
+    for (let from = BigInt(r.lo); from <= hi; from += step) parts.push({ zone: r.zone, from, to: from + step - 1n < hi ? from + step - 1n : hi })
+  }
+  return parts
+}
 
 /**
- * The window's records in (zone, seq) order as columns, a chunk at a time; the next chunk is
- * asked for while the caller turns this one into Arrow (Postgres and this process work at once).
+ * The window's records in (zone, seq) order as columns, a chunk at a time; the next chunks
+ * are read while the caller turns this one into Arrow.
  */
 export async function* windowColumns(db: Kysely<any>, start: Date, end: Date, size = CHUNK): AsyncGenerator<RecordColumns> {
-  type Row = { n: number; seq: string | null } & Record<`${Variable}_${"d" | "l"}`, string | null>
-  // (zone, seq) > ('', 0) holds for every row: zone ids are never empty
-  const read = (zone: string, seq: bigint) =>
-    sql<Row>`
-      select count(*)::int as n, encode(string_agg(int8send(seq), ''), 'base64') as seq, ${aggregates}
-      from (select * from audit_records where recorded_at >= ${start.toISOString()}::timestamptz and recorded_at < ${end.toISOString()}::timestamptz
-        and (zone, seq) > (${zone}, ${seq.toString()}::bigint) order by zone, seq limit ${size}) t`.execute(db).then((r) => r.rows[0]!)
-  let next = read("", 0n)
-  for (;;) {
-    const row = await next
-    const n = row.n
-    if (n === 0) return
-    const seq = words(fromBase64(row.seq), 8, (b, o, k) => new BigInt64Array(b, o, k))
-    const cols = {} as Record<Variable, VarColumn>
-    for (const k of Object.keys(VARIABLE) as Array<Variable>) {
-      const lengths = words(fromBase64(row[`${k}_l`]), 4, (b, o, k) => new Int32Array(b, o, k))
-      if (lengths.length !== n) throw new Error(`export: ${k} has ${lengths.length} values in a chunk of ${n}`)
-      cols[k] = variableColumn(fromBase64(row[`${k}_d`]), lengths)
+  const pool = poolOf(db)
+  if (pool === undefined) throw new Error("export: the database handle has no pg pool (made by makeKysely) to COPY from")
+  const names = Object.keys(VARIABLE) as Array<Variable>
+  const parts = await windowParts(db, start, end, size)
+  const read = (part: Part) => copyOut(pool, chunkCopy(start, end, part)).then((b) => copyTuples(b)[0]!)
+  const pending = parts.slice(0, AHEAD).map(read)
+  // a read that fails while an earlier one is awaited must not count as unhandled: it is awaited in turn
+  for (const p of pending) p.catch(() => undefined)
+  for (let i = 0; i < parts.length; i++) {
+    const row = await pending.shift()!
+    if (i + AHEAD < parts.length) {
+      const p = read(parts[i + AHEAD]!)
+      p.catch(() => undefined)
+      pending.push(p)
     }
-    const lastZone = Buffer.from(cols.zone.data.buffer, cols.zone.data.byteOffset, cols.zone.data.length)
-      .toString("utf8", cols.zone.valueOffsets[n - 1], cols.zone.valueOffsets[n])
-    if (n === size) next = read(lastZone, seq[n - 1]!)
+    const n = row[0]!.readInt32BE(0)
+    if (n === 0) continue
+    const seq = int64s(row[1]!)
+    if (seq.length !== n) throw new Error(`export: a chunk of ${n} rows came with ${seq.length} seqs`)
+    const cols = {} as Record<Variable, VarColumn>
+    names.forEach((k, j) => {
+      cols[k] = variableColumn(row[2 + j] ?? Buffer.alloc(0), lengthsOf(row[2 + names.length + j]!, n), n)
+    })
+    INSTANTS.forEach((k, j) => {
+      const micros = int64s(row[2 + 2 * names.length + j]!)
+      if (micros.length !== n) throw new Error(`export: a chunk of ${n} rows came with ${micros.length} ${k} values`)
+      cols[k] = instantColumn(micros, cols[k])
+    })
     yield { length: n, seq, ...cols }
-    if (n < size) return
   }
 }
+
 /** Where each chain's part of the window starts and ends, as the chunks go by. */
 interface ZoneRun {
   readonly zone: string
