@@ -246,14 +246,24 @@ const int64s = (b: Buffer | null) => {
 
 /**
  * The lengths in a binary int4[] (n elements, one dimension): after a 20-byte header, each
- * element is its length word (4, or -1 for null) and its value.
+ * element is its length word and its value, or the word -1 alone for a null.
  */
 const lengthsOf = (array: Buffer | null, n: number): Int32Array => {
   const out = new Int32Array(n)
   if (n === 0) return out
   const w = int32s(array)
-  if (w[0] !== 1 || w[3] !== n || w.length < 5 + 2 * n) throw new Error(`export: a lengths array that is not ${n} int4s`)
-  for (let i = 0, at = 5; i < n; i++, at += 2) out[i] = w[at] === -1 ? -1 : w[at + 1]!
+  if (w[0] !== 1 || w[3] !== n) throw new Error(`export: a lengths array that is not ${n} int4s`)
+  let at = 5
+  for (let i = 0; i < n; i++) {
+    if (w[at] === -1) {
+      out[i] = -1
+      at += 1
+    } else {
+      out[i] = w[at + 1]!
+      at += 2
+    }
+  }
+  if (at !== w.length) throw new Error(`export: a lengths array of ${w.length} words for ${n} int4s`)
   return out
 }
 
@@ -299,11 +309,10 @@ const windowParts = async (db: Kysely<any>, start: Date, end: Date, size: number
  * The window's records in (zone, seq) order as columns, a chunk at a time; the next chunks
  * are read while the caller turns this one into Arrow.
  */
-export async function* windowColumns(db: Kysely<any>, start: Date, end: Date, size = CHUNK): AsyncGenerator<RecordColumns> {
+export async function* windowColumns(db: Kysely<any>, start: Date, end: Date, parts: ReadonlyArray<Part>): AsyncGenerator<RecordColumns> {
   const pool = poolOf(db)
   if (pool === undefined) throw new Error("export: the database handle has no pg pool (made by makeKysely) to COPY from")
   const names = Object.keys(VARIABLE) as Array<Variable>
-  const parts = await windowParts(db, start, end, size)
   const read = (part: Part) => copyOut(pool, chunkCopy(start, end, part)).then((b) => copyTuples(b)[0]!)
   const pending = parts.slice(0, AHEAD).map(read)
   // a read that fails while an earlier one is awaited must not count as unhandled: it is awaited in turn
@@ -335,15 +344,15 @@ export async function* windowColumns(db: Kysely<any>, start: Date, end: Date, si
 /** Where each chain's part of the window starts and ends, as the chunks go by. */
 interface ZoneRun {
   readonly zone: string
-  readonly leaves: Array<Buffer>
+  /** The chain's Merkle frontier through its last record so far (leaves appended chunk by chunk, while the next chunks are read). */
+  frontier: Frontier
   lastSeq: number
   lastMac: Buffer
 }
 
 /** The checkpoints whose tree sizes fall in each chain's part of the window, and where each part starts. */
-const windowTail = async (db: Kysely<any>, runs: ReadonlyArray<ZoneRun>, publicKey: string) => {
+const windowTail = async (db: Kysely<any>, runs: ReadonlyArray<ZoneRun>, states: Map<string, ChainState>, publicKey: string) => {
   const zones = runs.map((r) => r.zone)
-  const states = await chainStates(db, zones)
   const ranges = runs.map((r) => ({ zone: r.zone, from: states.get(r.zone)!.nextSeq - 1, to: r.lastSeq }))
   const checkpoints = ranges.length === 0 ? [] : (await sql<{ zone: string; tree_size: string; root: Buffer; signed_at: string; key_id: string; signature: Buffer }>`
     select c.zone, c.tree_size, c.root, c.signed_at, c.key_id, c.signature from audit_checkpoints c
@@ -364,7 +373,7 @@ const windowTail = async (db: Kysely<any>, runs: ReadonlyArray<ZoneRun>, publicK
  * seen again after another, or a seq that does not grow, would be a window out of order: the
  * export stops rather than write a file the verifier rejects.
  */
-const track = (runs: Array<ZoneRun>, seen: Set<string>, c: RecordColumns) => {
+const track = (runs: Array<ZoneRun>, seen: Set<string>, states: Map<string, ChainState>, c: RecordColumns) => {
   const z = c.zone
   const zones = Buffer.from(z.data.buffer, z.data.byteOffset, z.data.length)
   const leaf = c.leaf_hash
@@ -372,6 +381,11 @@ const track = (runs: Array<ZoneRun>, seen: Set<string>, c: RecordColumns) => {
   const mac = c.mac
   const macs = Buffer.from(mac.data.buffer, mac.data.byteOffset, mac.data.length)
   let run = runs.at(-1)
+  let pending: Array<Buffer> = []
+  const flush = () => {
+    if (run !== undefined && pending.length > 0) run.frontier = append(run.frontier, pending)
+    pending = []
+  }
   let from = -1
   let to = -1
   for (let i = 0; i < c.length; i++) {
@@ -383,18 +397,22 @@ const track = (runs: Array<ZoneRun>, seen: Set<string>, c: RecordColumns) => {
       if (run === undefined || run.zone !== name) {
         if (seen.has(name)) throw new Error(`export: the window's rows of chain ${name} are not together`)
         seen.add(name)
-        run = { zone: name, leaves: [], lastSeq: 0, lastMac: GENESIS }
+        flush()
+        const state = states.get(name)
+        if (state === undefined) throw new Error(`export: chain ${name} was not in the window when it was planned`)
+        run = { zone: name, frontier: state.frontier, lastSeq: 0, lastMac: GENESIS }
         runs.push(run)
       }
       from = zs
       to = ze
     }
     const seq = Number(c.seq[i]!)
-    if (run.leaves.length > 0 && seq <= run.lastSeq) throw new Error(`export: chain ${run.zone} out of order at seq ${seq}`)
-    run.leaves.push(leaves.subarray(leaf.valueOffsets[i]!, leaf.valueOffsets[i + 1]!))
+    if (run.lastSeq > 0 && seq <= run.lastSeq) throw new Error(`export: chain ${run.zone} out of order at seq ${seq}`)
+    pending.push(leaves.subarray(leaf.valueOffsets[i]!, leaf.valueOffsets[i + 1]!))
     run.lastSeq = seq
     run.lastMac = macs.subarray(mac.valueOffsets[i]!, mac.valueOffsets[i + 1]!)
   }
+  flush()
 }
 
 /**
@@ -406,26 +424,28 @@ export const windowArrow = async (db: Kysely<any>, start: Date, end: Date, publi
   const runs: Array<ZoneRun> = []
   const seen = new Set<string>()
   let count = 0
-  for await (const chunk of windowColumns(db, start, end)) {
-    track(runs, seen, chunk)
+  const parts = await windowParts(db, start, end, CHUNK)
+  const states = await chainStates(db, [...new Set(parts.map((p) => p.zone))])
+  for await (const chunk of windowColumns(db, start, end, parts)) {
+    track(runs, seen, states, chunk)
     count += chunk.length
     batches.push(...recordsTable(chunk).batches)
   }
-  const { checkpoints, anchors, states } = await windowTail(db, runs, publicKey)
+  const { checkpoints, anchors } = await windowTail(db, runs, states, publicKey)
   batches.push(...windowTable({ records: [], checkpoints, anchors }).batches)
-  return { table: new Table(batches), count, runs, states }
+  return { table: new Table(batches), count, runs }
 }
 
 const exportWindow = async (deps: ExportDeps, lease: Lease, start: Date, end: Date) => {
   const db = deps.database.db
   const key = windowKey(start)
-  const { table, count, runs, states } = await windowArrow(db, start, end, deps.signer.publicKeyHex)
+  const { table, count, runs } = await windowArrow(db, start, end, deps.signer.publicKeyHex)
   let written = false
   if (count > 0) written = await putOnce(deps.s3, deps.bucket, key, toParquet(table))
   // the chains' state after this window, and the watermark, in one fenced transaction
   const moved = await db.transaction().execute(async (tx) => {
     for (const run of runs) {
-      const frontier = append(states.get(run.zone)!.frontier, run.leaves)
+      const frontier = run.frontier
       await sql`
         insert into audit_export_zones (zone, next_seq, prev_mac, frontier) values (${run.zone}, ${run.lastSeq + 1}, ${run.lastMac}, ${encodeFrontier(frontier)})
         on conflict (zone) do update set next_seq = excluded.next_seq, prev_mac = excluded.prev_mac, frontier = excluded.frontier`.execute(tx)
