@@ -116,13 +116,16 @@ clock.set("2026-06-01T11:00:00.000Z") // one export window holds them all
   const bucket = `bench-audit-${randomBytes(4).toString("hex")}`
   await s3.send(new CreateBucketCommand({ Bucket: bucket }))
   const windowStart = new Date("2026-06-01T11:00:00.000Z")
+  // both figures with the Parquet writer warm: its first call grows the wasm memory to the
+  // table's size, which only the export paid when it ran first (the ceiling then ran warm)
+  const { table } = await windowArrow(kdb, windowStart, new Date(windowStart.getTime() + 3_600_000), signer.publicKeyHex)
+  toParquet(table)
   const start = performance.now()
   const r = await runExport({ database: db.database, s3, bucket, windowS: 3600, signer, graceS: 60, holder: "bench" }, new Date("2026-06-01T12:05:00.000Z"))
   const seconds = (performance.now() - start) / 1000
   const exported = r.windows.reduce((a, w) => a + w.records, 0)
   if (exported !== N) throw new Error(`exported ${exported} of ${N}`)
-  // ceiling: the same Arrow table, already built, written as Parquet to the same S3
-  const { table } = await windowArrow(kdb, windowStart, new Date(windowStart.getTime() + 3_600_000), signer.publicKeyHex)
+  // ceiling: the same Arrow table (built above, before the export), written as Parquet to the same S3
   const cstart = performance.now()
   const body = toParquet(table)
   await s3.send(new PutObjectCommand({ Bucket: bucket, Key: "ceiling.parquet", Body: body }))
