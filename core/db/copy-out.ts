@@ -1,8 +1,8 @@
-// `COPY (…) TO STDOUT (FORMAT binary)` on a pooled pg client: the rows' values as raw bytes,
-// with none of the text protocol's hex or base64 on either side (a bulk read of bytea is
-// mostly encoding and decoding otherwise). pg runs it as a submittable: the client hands
-// the backend's messages for the active query to these handlers.
+// `COPY (…) TO STDOUT (FORMAT binary)` on a pooled pg client, through pg-copy-streams: the
+// rows' values as raw bytes, with none of the text protocol's hex or base64 on either side
+// (a bulk read of bytea is mostly encoding and decoding otherwise).
 import type pg from "pg"
+import { to as copyTo } from "pg-copy-streams"
 
 const SIGNATURE = Buffer.from("PGCOPY\n\xff\r\n\0", "latin1")
 
@@ -11,37 +11,13 @@ export const copyOut = async (pool: pg.Pool, text: string): Promise<Buffer> => {
   const client = await pool.connect()
   let broken: Error | undefined
   try {
-    return await new Promise<Buffer>((resolve, reject) => {
-      const parts: Array<Buffer> = []
-      let failed: Error | undefined
-      let settled = false
-      const settle = (e: Error | undefined) => {
-        if (settled) return
-        settled = true
-        if (e) reject(e)
-        // one row is one CopyData message: its copy is the stream already
-        else resolve(parts.length === 1 ? parts[0]! : Buffer.concat(parts))
-      }
-      client.query({
-        submit: (connection: { query: (text: string) => void }) => connection.query(text),
-        // pg hands over a view of its read buffer, which it reuses: copied at once
-        handleCopyData: (msg: { chunk: Buffer }) => void parts.push(Buffer.from(msg.chunk)),
-        handleCommandComplete: () => {},
-        handleRowDescription: () => {},
-        handleDataRow: () => {},
-        handleEmptyQuery: () => {},
-        handlePortalSuspended: () => {},
-        handleError: (e: Error) => {
-          failed = e
-          // an SQL error is followed by ReadyForQuery; a dead socket is not
-          if (!(e as { code?: unknown }).code) {
-            broken = e
-            settle(e)
-          }
-        },
-        handleReadyForQuery: () => settle(failed)
-      } as never)
-    })
+    const parts: Array<Buffer> = []
+    for await (const chunk of client.query(copyTo(text))) parts.push(chunk as Buffer)
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts)
+  } catch (e) {
+    // an SQL error leaves the connection usable; a broken socket does not go back to the pool
+    if (!(e as { code?: unknown }).code) broken = e as Error
+    throw e
   } finally {
     client.release(broken)
   }
