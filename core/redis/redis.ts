@@ -22,6 +22,8 @@ export interface RedisOptions {
   readonly prefix?: string
   /** In production an evicting Redis refuses the start; in development it only warns. */
   readonly strict: boolean
+  /** CLIENT SETNAME of every connection (and of their duplicates): who is who in CLIENT LIST. */
+  readonly connectionName?: string
 }
 
 export interface RedisShape {
@@ -34,7 +36,7 @@ export interface RedisShape {
   readonly ping: Effect.Effect<void, RedisError>
 }
 
-const connect = (url: string, db: number, password: string | undefined) =>
+const connect = (url: string, db: number, password: string | undefined, connectionName?: string) =>
   Effect.acquireRelease(
     Effect.tryPromise({
       try: async () => {
@@ -44,7 +46,8 @@ const connect = (url: string, db: number, password: string | undefined) =>
           maxRetriesPerRequest: 2,
           // keep retrying to reconnect; commands fail fast while Redis is away
           retryStrategy: (times) => Math.min(times * 100, 2000),
-          ...(password === undefined ? {} : { password })
+          ...(password === undefined ? {} : { password }),
+          ...(connectionName === undefined ? {} : { connectionName })
         })
         r.on("error", () => {}) // reported by the commands that fail, not as unhandled events
         await r.connect()
@@ -69,8 +72,8 @@ export class RedisClient extends Context.Service<RedisClient, RedisShape>()("car
     Layer.effect(
       RedisClient,
       Effect.gen(function*() {
-        const streams = yield* connect(opts.url, 0, opts.password)
-        const limits = yield* connect(opts.url, 1, opts.password)
+        const streams = yield* connect(opts.url, 0, opts.password, opts.connectionName)
+        const limits = yield* connect(opts.url, 1, opts.password, opts.connectionName)
         const policy = yield* evictionPolicy(streams)
         if (policy !== "noeviction") {
           const rule = `Redis maxmemory-policy is ${policy}; it must be noeviction or stream entries can be lost`

@@ -153,7 +153,9 @@ export const GatewayFront = Layer.effect(Front, Effect.gen(function*() {
     counts.clear()
   })
   yield* flush.pipe(Effect.repeat(Schedule.spaced("2 seconds")), Effect.forkScoped)
+  const context = yield* Effect.context<never>()
   const proxy = makeProxy({
+    warn: (message, fields) => void Effect.runForkWith(context)(Effect.logWarning(message).pipe(Effect.annotateLogs(fields))),
     directory,
     revocations,
     verifier,

@@ -75,6 +75,8 @@ export interface GatewayDeps {
   readonly tls: boolean
   /** Counts by outcome, for /metrics. */
   readonly count: (decision: AuditRecord["decision"], reason: string) => void
+  /** Why a dependency failed (a 503): for the log, never a token or a secret. */
+  readonly warn: (message: string, fields: Readonly<Record<string, unknown>>) => void
 }
 
 /** A refusal: status, stable code, and the reason the audit record carries. */
@@ -285,6 +287,7 @@ export const makeProxy = (deps: GatewayDeps) => {
       mandate = await deps.verifier.verify(token, claimedZone, { use: "per_call", resource: target.identifier })
     } catch (e) {
       if (e instanceof AuthError) {
+        if (e.status >= 500) deps.warn("mandate keys unavailable", { reason: e.reason ?? e.description })
         return e.status >= 500
           ? new Refusal(503, e.code, e.description, "jwks_unavailable", "error")
           : deny(e.status === 403 ? 401 : e.status, e.status === 403 ? "invalid_token" : e.code, e.description, e.description.replace(/ /g, "_"))
@@ -349,6 +352,7 @@ export const makeProxy = (deps: GatewayDeps) => {
         injected = await deps.credentials.get(credentialId, token)
       } catch (e) {
         if (e instanceof CredentialUnavailable && e.status < 500) return deny(403, "forbidden", "the upstream credential was not released", `credential_${e.reason}`)
+        deps.warn("credential release failed", { credential_id: credentialId, error: e instanceof Error ? e.message : String(e) })
         return new Refusal(503, "temporarily_unavailable", "the upstream credential is unavailable", "credential_unavailable", "error")
       }
     }
@@ -368,7 +372,8 @@ export const makeProxy = (deps: GatewayDeps) => {
         claim = outcome.claim
         recorded = outcome.recorded
       }
-    } catch {
+    } catch (e) {
+      deps.warn("replay check failed", { error: e instanceof Error ? e.message : String(e) })
       return new Refusal(503, "temporarily_unavailable", "the replay check is unavailable", "replay_store_unavailable", "error")
     }
     const refusal = claim === "replay"
@@ -411,7 +416,8 @@ export const makeProxy = (deps: GatewayDeps) => {
       deps.count(r.decision, r.reason)
       try {
         if (!r.recorded) await deps.audit(draft)
-      } catch {
+      } catch (e) {
+        deps.warn("audit append failed", { error: e instanceof Error ? e.message : String(e) })
         // the refusal stands either way; only its status says the record is missing
         return send(res, requestId, new Refusal(503, "temporarily_unavailable", "the audit stream is unavailable"))
       }
@@ -425,7 +431,8 @@ export const makeProxy = (deps: GatewayDeps) => {
         allowed(draft, started)
         try {
           await deps.audit(draft)
-        } catch {
+        } catch (e) {
+          deps.warn("audit append failed", { error: e instanceof Error ? e.message : String(e) })
           deps.count("error", "audit_unavailable")
           req.resume()
           return send(res, requestId, new Refusal(503, "temporarily_unavailable", "the audit stream is unavailable"))
@@ -433,8 +440,9 @@ export const makeProxy = (deps: GatewayDeps) => {
       }
       deps.count("allow", "allowed")
       forward(req, res, requestId, decision)
-    }).catch(() => {
+    }).catch((e) => {
       // a bug, not a decision: the caller gets a 500 without details (never a stack trace)
+      deps.warn("governed call failed", { error: e instanceof Error ? (e.stack ?? e.message) : String(e) })
       deps.count("error", "internal")
       req.resume()
       send(res, requestId, new Refusal(500, "server_error", "the gateway failed"))

@@ -35,10 +35,13 @@ const table = async (name: string) =>
   (await sql<Record<string, unknown>>`select * from ${sql.table(name)} order by account_id`.execute(h.db.database.db)).rows
 
 /** Runs a consumer layer like a service would; returns a function that stops it. */
+/** The name the replicas' Redis connections carry (CLIENT SETNAME), so the test can kill exactly those. */
+const clientName = () => `t-${h.redis.keys.prefix}`
+
 const start = (def: ConsumerDefinition) => {
   const infra = Layer.mergeAll(
     Database.layerFromUrl(h.db.url, 4),
-    RedisClient.layerWith({ url: stackEnv().REDIS_URL, prefix: h.redis.keys.prefix, strict: false })
+    RedisClient.layerWith({ url: stackEnv().REDIS_URL, prefix: h.redis.keys.prefix, strict: false, connectionName: clientName() })
   )
   const config = ConfigProvider.layer(ConfigProvider.fromUnknown({ STREAMS_HMAC_KEY: h.signer.key.export().toString("hex") }))
   const fiber = Effect.runFork(Layer.launch(Consumer.layer(coordinatorSpec, def).pipe(Layer.provide(infra), Layer.provide(config))))
@@ -85,8 +88,12 @@ describe("every replica reading every event, with their Redis connections killed
       start({ mode: "every-replica", name: "memory", streams: () => [h.stream], registry, runner: runner as MemoryProjectionRunner<unknown> }))
     try {
       await writeSome("n", 40)
-      // drop every other client's connection: the followers' blocked reads fail and resume
-      await h.redis.redis.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+      // drop the replicas' connections (named after this file's prefix: other test files share
+      // this Redis, and their services must not see the fault): the followers' blocked reads fail and resume
+      const clients = String(await h.redis.redis.call("CLIENT", "LIST")).split("\n")
+      const ours = clients.filter((l) => l.includes(` name=${clientName()} `)).map((l) => /(?:^| )id=(\d+)/.exec(l)![1]!)
+      expect(ours.length).toBeGreaterThanOrEqual(4)
+      for (const id of ours) await h.redis.redis.call("CLIENT", "KILL", "ID", id)
       await writeSome("o", 40)
       const live = async () => new Map((await table("balances")).map((r) => [String(r.account_id), Number(r.balance)]))
       for (const runner of runners) {

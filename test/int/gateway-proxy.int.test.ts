@@ -184,7 +184,8 @@ describe("a governed call", () => {
     // another resource of the same application has its own budget
     const other = await g.post(`/v1/zones/${g.zone}/resources`, { identifier: "limited-2", scopes: ["read"], upstream_url: g.upstream.url })
     await g.post(`/v1/zones/${g.zone}/bindings`, { resource_id: other.id, application_id: g.app.id })
-    expect((await fetch(`${gw.url}/x`, { headers: { authorization: `Bearer ${await perCall("limited-2")}`, "x-caracal-resource": "limited-2" } })).status).toBe(200)
+    const other2 = await fetch(`${gw.url}/x`, { headers: { authorization: `Bearer ${await perCall("limited-2")}`, "x-caracal-resource": "limited-2" } })
+    expect(other2.status, `${await other2.text()}\n${gw.stdout().slice(-3000)}`).toBe(200)
   })
 
   it("no credential, mandate or client secret in any log line or audit record", async () => {
