@@ -21,7 +21,7 @@ import { v7 as uuidv7 } from "uuid"
 import https from "node:https"
 import { pipeline } from "node:stream"
 import type { AuditRecord } from "../../schemas/audit-record.ts"
-import { AuthError, type MandateVerifier, parseBearer, type Mandate } from "../../core/mandate/verify.ts"
+import { AuthError, isZoneId, type MandateVerifier, parseBearer, type Mandate } from "../../core/mandate/verify.ts"
 import { requestIdOf } from "../../core/http/server.ts"
 import type { Directory } from "../api/directory.ts"
 import { CredentialUnavailable, type CredentialCache, type Injected } from "./credentials.ts"
@@ -412,7 +412,7 @@ export const makeProxy = (deps: GatewayDeps) => {
       draft.decision = r.decision
       draft.reason = r.reason
       draft.status = r.status
-      draft.latency_ms = Math.round((performance.now() - started) * 1000) / 1000
+      draft.latency_ms = elapsed(started)
       deps.count(r.decision, r.reason)
       try {
         if (!r.recorded) await deps.audit(draft)
@@ -536,7 +536,7 @@ const zoneClaim = (token: string): string | undefined => {
   if (payload === undefined) return undefined
   try {
     const zone = (JSON.parse(Buffer.from(payload, "base64url").toString("utf8")) as { zone_id?: unknown }).zone_id
-    return typeof zone === "string" && /^[A-Za-z0-9._:-]{1,128}$/.test(zone) ? zone : undefined
+    return isZoneId(zone) ? zone : undefined
   } catch {
     return undefined
   }
