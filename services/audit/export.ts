@@ -15,7 +15,7 @@ import { acquireLease, type Lease, renewLease } from "../../core/relay-lease.ts"
 import { GENESIS } from "./chain.ts"
 import type { CheckpointSigner } from "./checkpoint.ts"
 import { append, decodeFrontier, EMPTY_FRONTIER, encodeFrontier, type Frontier } from "./merkle.ts"
-import { type RecordColumns, recordsTable, toParquet, type VarColumn, windowTable } from "./parquet.ts"
+import { type RecordColumns, recordsTable, streamParquet, type VarColumn, windowTable } from "./parquet.ts"
 import { type RecordBatch, Table } from "apache-arrow"
 
 export const EXPORT_LEASE = "audit-export"
@@ -416,32 +416,43 @@ const track = (runs: Array<ZoneRun>, seen: Set<string>, states: Map<string, Chai
 }
 
 /**
- * The window as the Arrow table its Parquet file holds (record batches chunk by chunk, the
- * checkpoints and anchors in a last batch), and each chain's part of it.
+ * The window as the Arrow tables its Parquet file holds, in order (records chunk by chunk,
+ * then the checkpoints and anchors in a last one); `done` holds the record count and each
+ * chain's part of the window once the last table has been taken.
  */
-export const windowArrow = async (db: Kysely<any>, start: Date, end: Date, publicKey: string) => {
-  const batches: Array<RecordBatch> = []
-  const runs: Array<ZoneRun> = []
-  const seen = new Set<string>()
-  let count = 0
+const windowTables = async (db: Kysely<any>, start: Date, end: Date, publicKey: string) => {
   const parts = await windowParts(db, start, end, CHUNK)
   const states = await chainStates(db, [...new Set(parts.map((p) => p.zone))])
-  for await (const chunk of windowColumns(db, start, end, parts)) {
-    track(runs, seen, states, chunk)
-    count += chunk.length
-    batches.push(...recordsTable(chunk).batches)
+  const done = { count: 0, runs: [] as Array<ZoneRun> }
+  async function* tables(): AsyncGenerator<Table> {
+    const seen = new Set<string>()
+    for await (const chunk of windowColumns(db, start, end, parts)) {
+      track(done.runs, seen, states, chunk)
+      done.count += chunk.length
+      yield recordsTable(chunk)
+    }
+    const { checkpoints, anchors } = await windowTail(db, done.runs, states, publicKey)
+    yield windowTable({ records: [], checkpoints, anchors })
   }
-  const { checkpoints, anchors } = await windowTail(db, runs, states, publicKey)
-  batches.push(...windowTable({ records: [], checkpoints, anchors }).batches)
-  return { table: new Table(batches), count, runs }
+  return { empty: parts.length === 0, tables: tables(), done }
+}
+
+/** The window as one Arrow table (what the benchmark's ceiling writes), and each chain's part of it. */
+export const windowArrow = async (db: Kysely<any>, start: Date, end: Date, publicKey: string) => {
+  const { tables, done } = await windowTables(db, start, end, publicKey)
+  const batches: Array<RecordBatch> = []
+  for await (const t of tables) batches.push(...t.batches)
+  return { table: new Table(batches), ...done }
 }
 
 const exportWindow = async (deps: ExportDeps, lease: Lease, start: Date, end: Date) => {
   const db = deps.database.db
   const key = windowKey(start)
-  const { table, count, runs } = await windowArrow(db, start, end, deps.signer.publicKeyHex)
+  const { empty, tables, done } = await windowTables(db, start, end, deps.signer.publicKeyHex)
   let written = false
-  if (count > 0) written = await putOnce(deps.s3, deps.bucket, key, toParquet(table))
+  // the Parquet file is encoded chunk by chunk while Postgres reads the next chunks
+  if (!empty) written = await putOnce(deps.s3, deps.bucket, key, await streamParquet(tables))
+  const { count, runs } = done
   // the chains' state after this window, and the watermark, in one fenced transaction
   const moved = await db.transaction().execute(async (tx) => {
     for (const run of runs) {

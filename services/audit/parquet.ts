@@ -4,7 +4,7 @@
 // stood when the window began: first seq, previous MAC, Merkle frontier). One table with a
 // `row_kind` column ("record" | "checkpoint" | "anchor") keeps it one object per window.
 import { Binary, Int64, makeData, makeVector, Table, tableFromIPC, tableToIPC, Utf8 } from "apache-arrow"
-import { Compression, readParquet, Table as WasmTable, writeParquet, WriterPropertiesBuilder } from "parquet-wasm/node"
+import { Compression, readParquet, Table as WasmTable, transformParquetStream, writeParquet, WriterPropertiesBuilder } from "parquet-wasm/node"
 import type { Checkpoint } from "./checkpoint.ts"
 import type { Columns } from "./entry.ts"
 import { decodeFrontier, encodeFrontier } from "./merkle.ts"
@@ -165,9 +165,34 @@ export const recordsTable = (c: RecordColumns): Table => {
   })
 }
 
-export const toParquet = (table: Table): Uint8Array => {
-  const props = new WriterPropertiesBuilder().setCompression(Compression.ZSTD).build()
-  return writeParquet(WasmTable.fromIPCStream(tableToIPC(table, "stream")), props)
+const writerProperties = () => new WriterPropertiesBuilder().setCompression(Compression.ZSTD).build()
+const intoWasm = (table: Table) => WasmTable.fromIPCStream(tableToIPC(table, "stream"))
+
+/** A whole table as one Parquet file (ZSTD). */
+export const toParquet = (table: Table): Uint8Array => writeParquet(intoWasm(table), writerProperties())
+
+/**
+ * The same file from tables that arrive one after the other (one schema): each is encoded
+ * as it comes, so the encoding overlaps whatever produces the next one (the export's reads
+ * run in Postgres meanwhile), and no table of the whole window is ever held.
+ */
+export const streamParquet = async (tables: AsyncIterable<Table>): Promise<Buffer> => {
+  const source = tables[Symbol.asyncIterator]()
+  const batches = new ReadableStream({
+    async pull(controller) {
+      const next = await source.next()
+      if (next.done) return controller.close()
+      const table = intoWasm(next.value)
+      for (const batch of table.recordBatches()) controller.enqueue(batch)
+      table.free()
+    },
+    async cancel() {
+      await source.return?.()
+    }
+  }, { highWaterMark: 0 })
+  const parts: Array<Uint8Array> = []
+  for await (const part of (await transformParquetStream(batches, writerProperties())) as unknown as AsyncIterable<Uint8Array>) parts.push(part)
+  return Buffer.concat(parts)
 }
 
 const buf = (v: unknown) => (v instanceof Uint8Array ? Buffer.from(v.buffer, v.byteOffset, v.byteLength) : Buffer.alloc(0))
