@@ -1,7 +1,8 @@
 // The api: create-application commands (decide + event + api_records row + outbox + key,
 // grouped, 64 in flight) beside the backbone's single-statement write ceiling (one INSERT
 // statement per command with the same rows, 16 in flight) measured in the same run; and a
-// list of 1,000 records over HTTP (p99) beside a bare Node server answering the same bytes.
+// list of 1,000 records over HTTP (p99) beside a bare Node server answering the same bytes
+// (timed by bench/latency-client.ts, a process of its own).
 import { Effect } from "effect"
 import { sql } from "kysely"
 import http from "node:http"
@@ -11,7 +12,7 @@ import { v7 as uuidv7 } from "uuid"
 import { makeKeys } from "../core/redis/keys.ts"
 import { makeProducer } from "../core/producer.ts"
 import { outboxSignal } from "../core/outbox-signal.ts"
-import { freshDatabase, stackEnv, startService } from "../core/testing/index.ts"
+import { freshDatabase, runScript, stackEnv, startService } from "../core/testing/index.ts"
 import { apiProducer, makeCommands } from "../services/api/commands.ts"
 import { verifierFor } from "../services/api/secrets.ts"
 import { percentile, report, throughput } from "./lib.ts"
@@ -92,20 +93,12 @@ if ((JSON.parse(body) as { items: Array<unknown> }).items.length !== 1000) throw
 const bare = http.createServer((_req, res) => res.writeHead(200, { "content-type": "application/json" }).end(body))
 await new Promise<void>((r) => bare.listen(0, "127.0.0.1", r))
 const bareUrl = `http://127.0.0.1:${(bare.address() as AddressInfo).port}${listPath}`
-const timed = async (url: string, n: number) => {
-  const ms: Array<number> = []
-  for (let i = 0; i < n; i++) {
-    const t = performance.now()
-    const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } })
-    await res.arrayBuffer()
-    ms.push(performance.now() - t)
-  }
-  return ms.sort((a, b) => a - b)
-}
-await timed(`${api.url}${listPath}`, 20)
-await timed(bareUrl, 20)
-const apiMs = await timed(`${api.url}${listPath}`, 300)
-const bareMs = await timed(bareUrl, 300)
+// timed from a client process of its own, api and bare server in alternating rounds of 50
+const client = await runScript("bench/latency-client.ts", ["6", "50", "20", `authorization:Bearer ${token}`, `${api.url}${listPath}`, bareUrl], {}, 300_000)
+if (client.code !== 0) throw new Error(`latency client: ${client.stderr}`)
+const timings = JSON.parse(client.stdout) as Record<string, Array<number>>
+const apiMs = timings[`${api.url}${listPath}`]!
+const bareMs = timings[bareUrl]!
 report({ bench: "api", metric: "list_1000_p99_ms_vs_bare_node_same_bytes", value: percentile(apiMs, 99), unit: "ms", ceiling: percentile(bareMs, 99) })
 report({ bench: "api", metric: "list_1000_p50_ms_vs_bare_node_same_bytes", value: percentile(apiMs, 50), unit: "ms", ceiling: percentile(bareMs, 50) })
 bare.close()

@@ -72,12 +72,13 @@ const listOptions = (query: URLSearchParams, filters: Readonly<Record<string, st
     return { after, limit, status, where } satisfies ListOptions
   })
 
-/** A page's answer, its items as assembled from the rows' texts (views.ts). */
+/** A page's answer, its items as assembled from the rows' answers (queries.ts), as bytes. */
 const pageAnswer = (p: Page) =>
-  Res.text(`{"items":${p.items},"next_cursor":${JSON.stringify(p.last === null ? null : cursorOf(p.last))}}`, {
-    status: 200,
-    contentType: "application/json"
-  })
+  Res.uint8Array(Buffer.concat([
+    Buffer.from(`{"items":`),
+    p.items,
+    Buffer.from(`,"next_cursor":${JSON.stringify(p.last === null ? null : cursorOf(p.last))}}`)
+  ]), { status: 200, contentType: "application/json" })
 
 interface Made {
   readonly record: Rec
@@ -173,9 +174,12 @@ export const makeRoutes = (deps: ApiDeps): ReadonlyArray<RouteSpec> => {
         status: 200,
         run: (ctx) =>
           Effect.gen(function*() {
-            const zone = yield* zoneOf(ctx, false)
             const o = yield* listOptions(ctx.query, r.filters)
-            return pageAnswer(yield* Effect.promise(() => queries.page(r.type, zone, o)))
+            const zone = ctx.params.zone ?? ""
+            const page = yield* Effect.promise(() => queries.page(r.type, zone, o))
+            // records listed under it prove the zone exists: it is looked up only for an empty page (404 zone_not_found)
+            if (page.count === 0) yield* zoneOf(ctx, false)
+            return pageAnswer(page)
           })
       }),
       route({

@@ -43,10 +43,16 @@ export interface ShownRow {
 
 const q = JSON.stringify
 
-/** One record's answer as JSON text. */
-export const shownJson = (r: ShownRow): string => {
+/**
+ * One record's answer as JSON text, in two parts: the head (its id, and a zone's key status,
+ * which changes without a new version) and the tail (everything else: fixed at a version).
+ */
+export const answerHead = (r: Pick<ShownRow, "id" | "type" | "key_status">): string =>
+  r.type === "zone" ? `{"id":${q(r.id)},"key_status":${q(r.key_status)}` : `{"id":${q(r.id)}`
+export const answerTail = (r: ShownRow): string => {
   const fields = r.view.length > 2 ? `,${r.view.slice(1, -1)}` : ""
-  const zone = r.type === "zone" ? `,"key_status":${q(r.key_status)}` : `,"zone_id":${q(r.zone_id)}`
+  const zone = r.type === "zone" ? "" : `,"zone_id":${q(r.zone_id)}`
   const ended = r.archived_at === null ? "" : `,"archived_at":${q(r.archived_at)},"archive_reason":${q(r.archive_reason)}`
-  return `{"id":${q(r.id)}${zone}${fields},"status":${q(r.status)},"version":${r.version},"created_at":${q(r.created_at)},"updated_at":${q(r.updated_at)}${ended}}`
+  return `${zone}${fields},"status":${q(r.status)},"version":${r.version},"created_at":${q(r.created_at)},"updated_at":${q(r.updated_at)}${ended}}`
 }
+export const shownJson = (r: ShownRow): string => answerHead(r) + answerTail(r)

@@ -78,6 +78,8 @@ describe("bad input: its 4xx, and nothing written", () => {
     ["bad If-Match", () => h.call("PATCH", `/v1/zones/${zone}`, { body: { name: "x" }, headers: { "if-match": "garbage" } }), 412, "precondition_failed"],
     ["bad Idempotency-Key", () => h.call("POST", "/v1/zones", { body: { slug: "ik" }, headers: { "idempotency-key": "has space" } }), 400, "invalid_request"],
     ["unknown zone", () => h.call("POST", "/v1/zones/00000000-0000-0000-0000-000000000000/applications", { body: { name: "x" } }), 404, "zone_not_found"],
+    ["list under an unknown zone", () => h.call("GET", "/v1/zones/00000000-0000-0000-0000-000000000000/resources"), 404, "zone_not_found"],
+    ["list past the end under an unknown zone", () => h.call("GET", "/v1/zones/00000000-0000-0000-0000-000000000000/bindings?limit=5&status=archived"), 404, "zone_not_found"],
     ["unknown route", () => h.call("GET", "/v1/nothing"), 404, "not_found"]
   ]
   for (const [name, send, status, code] of cases) {

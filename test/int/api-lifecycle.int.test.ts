@@ -78,6 +78,20 @@ describe("zones", () => {
     const bySlug = await h.call("GET", "/v1/zones?slug=page-3")
     expect(bySlug.body.items.map((z: { slug: string }) => z.slug)).toEqual(["page-3"])
   })
+
+  it("answers (assembled as JSON text by Postgres) carry any text exactly: quotes, backslashes, controls, non-BMP; an empty page is []", async () => {
+    const name = "q\"uote \\ back\nline\ttab \u0001\u001f é 😀 </script>"
+    const reason = "why \"not\"\n\u0002"
+    const z = await h.call("POST", "/v1/zones", { body: { slug: "text-1", name, metadata: { "k\"ey": ["v\\", null, 1.5, true] } } })
+    expect(z.status).toBe(201)
+    const del = await h.call("DELETE", `/v1/zones/${z.body.id}`, { body: { reason } })
+    for (const got of [del.body, (await h.call("GET", `/v1/zones/${z.body.id}`)).body, (await h.call("GET", "/v1/zones?slug=text-1&status=archived")).body.items[0]]) {
+      expect(got).toMatchObject({ id: z.body.id, slug: "text-1", name, metadata: { "k\"ey": ["v\\", null, 1.5, true] }, status: "archived", archive_reason: reason })
+      expect(got.archived_at).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
+    }
+    const none = await h.call("GET", "/v1/zones?slug=no-such-slug")
+    expect(none.body).toEqual({ items: [], next_cursor: null })
+  })
 })
 
 describe("applications", () => {

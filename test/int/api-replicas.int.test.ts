@@ -35,6 +35,18 @@ describe("two replicas", () => {
     }
   })
 
+  it("a list a replica answered before shows a change made through the other one (its answers are kept per version)", async () => {
+    const zone = (await h.call("POST", "/v1/zones", { body: { slug: "cache-repl" } })).body.id
+    const created = await h.call("POST", `/v1/zones/${zone}/providers`, { body: { name: "before" }, ...on(0) })
+    const list = async () => (await h.call("GET", `/v1/zones/${zone}/providers`, on(0))).body.items
+    expect((await list()).map((p: { name: string }) => p.name)).toEqual(["before"])
+    const patched = await h.call("PATCH", `/v1/zones/${zone}/providers/${created.body.id}`, { body: { name: "after" }, headers: { "if-match": `"1"` }, ...on(1) })
+    expect(patched.status).toBe(200)
+    expect(await list()).toMatchObject([{ id: created.body.id, name: "after", version: 2 }])
+    expect((await h.call("DELETE", `/v1/zones/${zone}/providers/${created.body.id}`, { body: { reason: "gone" }, ...on(1) })).status).toBe(200)
+    expect(await list()).toMatchObject([{ name: "after", status: "archived", archive_reason: "gone", version: 3 }])
+  })
+
   it("one Idempotency-Key sent to both replicas at once: one entity, one set of events", async () => {
     const zone = (await h.call("POST", "/v1/zones", { body: { slug: "idem-repl" } })).body.id
     const send = (i: number) =>
