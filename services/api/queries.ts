@@ -4,7 +4,7 @@ import { type Kysely, sql } from "kysely"
 import type { Tables } from "../../core/db/tables.ts"
 import type { ApiAggregateType } from "./events.ts"
 import { Lru } from "../../core/lru.ts"
-import { answerHead, answerTail, type ShownRow, shownJson } from "./views.ts"
+import { answerBody, answerEnd, type ShownRow, shownJson } from "./views.ts"
 
 export interface RecordRow {
   readonly id: string
@@ -22,9 +22,12 @@ export interface ListOptions {
   readonly where: Readonly<Record<string, string>>
 }
 
-/** A page: its items as the bytes of a JSON array, and the id to continue after (null on the last page). */
+/**
+ * A page: its items as the bytes of a JSON array's elements and commas, in order (laid out
+ * once, in the answer), and the id to continue after (null on the last page).
+ */
 export interface Page {
-  readonly items: Buffer
+  readonly parts: ReadonlyArray<Buffer>
   readonly count: number
   readonly last: string | null
 }
@@ -35,12 +38,18 @@ const KEY_STATUS = `case when type = 'zone' then
   end as key_status`
 
 /**
- * Answers' tails (views.ts) by record id and version, as bytes. A record's answer is fixed
- * at a version (every event moves it), so a page reads only ids and versions and reuses
- * what it showed before: parsing eleven columns of a thousand rows and re-encoding the text
- * was most of a large page's time. 20,000 tails are a few MB.
+ * Answers' bodies (views.ts) by record id, with their version, as bytes. A record's answer
+ * is fixed at a version (every event moves it), so a page reads only ids and versions and
+ * reuses what it showed before: parsing eleven columns of a thousand rows and re-encoding
+ * the text was most of a large page's time. 20,000 bodies are a few MB.
  */
 const ANSWERS_KEPT = 20_000
+interface KeptAnswer {
+  readonly version: number
+  readonly body: Buffer
+}
+const ENDS = new Map([null, "active", "pending"].map((k) => [k, Buffer.from(answerEnd(k))]))
+const COMMA = Buffer.from(",")
 
 // what an answer is made of: the view as text (never parsed here), times as ISO 8601 text
 const SHOWN = sql`id, type, zone_id, version, status, view::text as view,
@@ -50,7 +59,7 @@ const SHOWN = sql`id, type, zone_id, version, status, view::text as view,
   archive_reason, ${sql.raw(KEY_STATUS)}`
 
 export const makeQueries = (db: Kysely<Tables>) => {
-  const answers = new Lru<string, Buffer>(ANSWERS_KEPT)
+  const answers = new Lru<string, KeptAnswer>(ANSWERS_KEPT)
   const filter = (type: ApiAggregateType, zoneId: string | undefined, o: ListOptions) =>
     sql.join([
       sql`type = ${type}`,
@@ -86,41 +95,33 @@ export const makeQueries = (db: Kysely<Tables>) => {
     },
     /** One page in id order (UUIDv7: creation order); reads one row more to know whether another page follows. */
     page: async (type: ApiAggregateType, zoneId: string | undefined, o: ListOptions): Promise<Page> => {
-      const { rows } = await sql<Pick<ShownRow, "id" | "type" | "version" | "key_status">>`select id, type, version, ${sql.raw(KEY_STATUS)}
+      const { rows } = await sql<Pick<ShownRow, "id" | "version" | "key_status">>`select id, version, ${sql.raw(KEY_STATUS)}
         from api_records where ${filter(type, zoneId, o)} order by id limit ${o.limit + 1}`.execute(db)
       const listed = rows.slice(0, o.limit)
-      const tails = listed.map((r) => answers.get(`${r.id}:${r.version}`))
-      const missing = listed.filter((_, i) => tails[i] === undefined).map((r) => r.id)
+      const bodies = listed.map((r) => {
+        const kept = answers.peek(r.id)
+        return kept?.version === r.version ? kept.body : undefined
+      })
+      const missing = listed.filter((_, i) => bodies[i] === undefined).map((r) => r.id)
       if (missing.length > 0) {
         const fresh = await sql<ShownRow>`select ${SHOWN} from api_records where id = any(${missing})`.execute(db)
         const byId = new Map(fresh.rows.map((r) => [r.id, r]))
         listed.forEach((r, i) => {
           // read again after the first read: a record may have moved on meanwhile (a page is not a snapshot), and shows its newer version
           const f = byId.get(r.id)
-          if (tails[i] !== undefined || f === undefined) return
-          const tail = Buffer.from(answerTail(f))
-          answers.set(`${f.id}:${f.version}`, tail)
-          tails[i] = tail
+          if (bodies[i] !== undefined || f === undefined) return
+          const body = Buffer.from(answerBody(f))
+          answers.set(f.id, { version: f.version, body })
+          bodies[i] = body
         })
       }
-      // the array laid out in one buffer: heads written, tails copied
-      const heads = listed.map((r, i) => (tails[i] === undefined ? "" : answerHead(r)))
-      let size = 2
-      let count = 0
-      listed.forEach((_, i) => {
-        if (tails[i] === undefined) return
-        size += (count++ > 0 ? 1 : 0) + Buffer.byteLength(heads[i]!) + tails[i].length
+      const parts: Array<Buffer> = []
+      listed.forEach((r, i) => {
+        if (bodies[i] === undefined) return
+        if (parts.length > 0) parts.push(COMMA)
+        parts.push(bodies[i], ENDS.get(r.key_status)!)
       })
-      const items = Buffer.allocUnsafe(size)
-      let at = items.write("[")
-      listed.forEach((_, i) => {
-        if (tails[i] === undefined) return
-        if (at > 1) at += items.write(",", at)
-        at += items.write(heads[i]!, at)
-        at += tails[i].copy(items, at)
-      })
-      items.write("]", at)
-      return { items, count, last: rows.length > o.limit ? listed[listed.length - 1]!.id : null }
+      return { parts, count: listed.filter((_, i) => bodies[i] !== undefined).length, last: rows.length > o.limit ? listed[listed.length - 1]!.id : null }
     },
     /** The id a POST's Idempotency-Key created before, if any (checked before calling out to the sts). */
     priorAnswer: async (c: { idempotencyScope?: string | undefined; idempotencyKey?: string | undefined }) => {

@@ -72,13 +72,22 @@ const listOptions = (query: URLSearchParams, filters: Readonly<Record<string, st
     return { after, limit, status, where } satisfies ListOptions
   })
 
-/** A page's answer, its items as assembled from the rows' answers (queries.ts), as bytes. */
-const pageAnswer = (p: Page) =>
-  Res.uint8Array(Buffer.concat([
-    Buffer.from(`{"items":`),
-    p.items,
-    Buffer.from(`,"next_cursor":${JSON.stringify(p.last === null ? null : cursorOf(p.last))}}`)
-  ]), { status: 200, contentType: "application/json" })
+/**
+ * A page's answer, laid out in one buffer from the records' kept answers (queries.ts): text
+ * would cost a UTF-8 scan for its length and an encoding on the way out (most of a 1,000-record
+ * page's time), and a second copy of the bytes is garbage V8 collects with a full collection.
+ */
+const pageAnswer = (p: Page) => {
+  const head = Buffer.from(`{"items":[`)
+  const tail = Buffer.from(`],"next_cursor":${JSON.stringify(p.last === null ? null : cursorOf(p.last))}}`)
+  let size = head.length + tail.length
+  for (const part of p.parts) size += part.length
+  const body = Buffer.allocUnsafe(size)
+  let at = head.copy(body)
+  for (const part of p.parts) at += part.copy(body, at)
+  tail.copy(body, at)
+  return Res.uint8Array(body, { status: 200, contentType: "application/json" })
+}
 
 interface Made {
   readonly record: Rec

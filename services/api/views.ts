@@ -44,15 +44,15 @@ export interface ShownRow {
 const q = JSON.stringify
 
 /**
- * One record's answer as JSON text, in two parts: the head (its id, and a zone's key status,
- * which changes without a new version) and the tail (everything else: fixed at a version).
+ * One record's answer as JSON text, in two parts: the body (all but a zone's key status,
+ * which changes without a new version, and the closing brace) is fixed at a version; the
+ * end adds the key status of a zone.
  */
-export const answerHead = (r: Pick<ShownRow, "id" | "type" | "key_status">): string =>
-  r.type === "zone" ? `{"id":${q(r.id)},"key_status":${q(r.key_status)}` : `{"id":${q(r.id)}`
-export const answerTail = (r: ShownRow): string => {
+export const answerBody = (r: ShownRow): string => {
   const fields = r.view.length > 2 ? `,${r.view.slice(1, -1)}` : ""
   const zone = r.type === "zone" ? "" : `,"zone_id":${q(r.zone_id)}`
   const ended = r.archived_at === null ? "" : `,"archived_at":${q(r.archived_at)},"archive_reason":${q(r.archive_reason)}`
-  return `${zone}${fields},"status":${q(r.status)},"version":${r.version},"created_at":${q(r.created_at)},"updated_at":${q(r.updated_at)}${ended}}`
+  return `{"id":${q(r.id)}${zone}${fields},"status":${q(r.status)},"version":${r.version},"created_at":${q(r.created_at)},"updated_at":${q(r.updated_at)}${ended}`
 }
-export const shownJson = (r: ShownRow): string => answerHead(r) + answerTail(r)
+export const answerEnd = (keyStatus: string | null): string => (keyStatus === null ? "}" : `,"key_status":${q(keyStatus)}}`)
+export const shownJson = (r: ShownRow): string => answerBody(r) + answerEnd(r.key_status)
