@@ -7,7 +7,7 @@ import { generateKeyPair, SignJWT } from "jose"
 import { Redis } from "ioredis"
 import { randomBytes } from "node:crypto"
 import { stackEnv } from "../core/testing/index.ts"
-import { decisionPath } from "../services/sts/opa.ts"
+import { decisionPath, makeOpa } from "../services/sts/opa.ts"
 import { startApi } from "../test/fixtures/api.ts"
 import { until } from "../test/fixtures/harness.ts"
 import { percentile, report, throughput } from "./lib.ts"
@@ -71,10 +71,12 @@ const opa = stackEnv().OPA_URL
 const { privateKey } = await generateKeyPair("ES256")
 const redis = new Redis(stackEnv().REDIS_URL)
 const scratch = `bench:${randomBytes(4).toString("hex")}:{audit}:events`
-const input = JSON.stringify({ input: { zone_id: zone, action: { use: "per_call", scopes: ["read"] }, resource: { identifier: "api" } } })
+const input = { zone_id: zone, action: { use: "per_call", scopes: ["read"] }, resource: { identifier: "api" } }
+const opaClient = makeOpa(opa)
 const irreducible = async () => {
-  const r = await fetch(`${opa}/v1/data/${decisionPath(zone)}`, { method: "POST", headers: { "content-type": "application/json" }, body: input })
-  if (!((await r.json()) as { result?: { allow?: boolean } }).result?.allow) throw new Error("the ceiling's decision did not allow")
+  // the sts's own OPA client (the same HTTP client and pool the exchange uses)
+  const r = await opaClient.evaluate(decisionPath(zone), input, AbortSignal.timeout(5000))
+  if (!(r.body as { result?: { allow?: boolean } }).result?.allow) throw new Error("the ceiling's decision did not allow")
   const jwt = await new SignJWT({ scope: "read", zone_id: zone }).setProtectedHeader({ alg: "ES256", kid: "k" }).setIssuedAt().setExpirationTime("15m")
     .setJti(randomBytes(18).toString("base64url")).sign(privateKey)
   await redis.xadd(scratch, "*", "e", jwt.slice(0, 200))

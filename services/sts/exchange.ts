@@ -15,6 +15,7 @@
 import { createLocalJWKSet, decodeProtectedHeader, type JWK, jwtVerify, type JWTPayload, SignJWT } from "jose"
 import { type KeyObject, randomBytes } from "node:crypto"
 import type { AuditRecord } from "../../schemas/audit-record.ts"
+import { Lru } from "../../core/lru.ts"
 import { verifySecret } from "../api/secrets.ts"
 import type { CoordinatorView, EdgeFacts } from "./coordinator-view.ts"
 import type { Directory } from "../api/directory.ts"
@@ -98,6 +99,13 @@ const scopesOf = (p: Record<string, unknown>) => (typeof p.scope === "string" ? 
 const KEY_SET_MS = 1000
 /** An unknown kid refetches the zone's keys, at most this often (a zone's first key signs at once). */
 const KEY_REFETCH_MS = 100
+/** Subject and actor tokens whose signature this replica has checked (an agent presents its ambient mandate at every exchange). */
+const VERIFIED_KEPT = 10_000
+
+interface Verified {
+  readonly kid: string
+  readonly payload: JWTPayload & Record<string, unknown>
+}
 
 export const makeExchange = (deps: ExchangeDeps) => {
   // the zone's published keys as jose key sets, reused for a second: each exchange verifies a
@@ -107,13 +115,21 @@ export const makeExchange = (deps: ExchangeDeps) => {
     const now = Date.now()
     const cached = keySets.get(zoneId)
     const fresh = cached !== undefined && now - cached.at < KEY_SET_MS
-    if (fresh && (cached.kids.has(kid) || now - cached.at < KEY_REFETCH_MS)) return cached.set
+    if (fresh && (cached.kids.has(kid) || now - cached.at < KEY_REFETCH_MS)) return cached
     const keys = await deps.publishedKeys(zoneId)
     const entry = { at: now, kids: new Set(keys.map((k) => k.kid ?? "")), set: createLocalJWKSet({ keys: [...keys] }) }
     if (keySets.size > 10_000) keySets.clear()
     keySets.set(zoneId, entry)
-    return entry.set
+    return entry
   }
+  // A token's signature, issuer and algorithm checked once are checked for good: the same
+  // bytes verify the same way while their key is published. What changes with time (expiry,
+  // not-before, the session's state) is checked at every use, below. The ES256 verification
+  // was the largest single cost of an exchange.
+  const verified = new Lru<string, Verified>(VERIFIED_KEPT)
+  const stillInTime = (payload: JWTPayload, nowS: number) =>
+    typeof payload.exp === "number" && nowS < payload.exp + CLOCK_TOLERANCE_S &&
+    (typeof payload.nbf !== "number" || nowS >= payload.nbf - CLOCK_TOLERANCE_S)
   /** A mandate of this sts: signed by a published key of its zone, issued here, unexpired; else invalid_request (RFC 8693 §2.2.2). */
   const verifyOwnToken = async (token: string, what: string, expectedZone: string | undefined): Promise<Subject> => {
     let zoneId: string
@@ -131,17 +147,28 @@ export const makeExchange = (deps: ExchangeDeps) => {
     if (expectedZone !== undefined && zoneId !== expectedZone) throw invalidRequest(`${what} belongs to another zone`)
     const keys = await zoneKeySet(zoneId, kid)
     let payload: JWTPayload & Record<string, unknown>
-    try {
-      const verified = await jwtVerify(token, keys, {
-        issuer: deps.issuer,
-        algorithms: ["ES256"],
-        clockTolerance: CLOCK_TOLERANCE_S,
-        currentDate: deps.now()
-      })
-      payload = verified.payload as JWTPayload & Record<string, unknown>
-    } catch {
-      // expired, forged, unknown key, wrong issuer: one answer, the reason stays here
-      throw invalidRequest(`${what} is invalid or expired`)
+    const seen = verified.peek(token)
+    if (seen !== undefined && seen.kid === kid && keys.kids.has(kid)) {
+      if (!stillInTime(seen.payload, deps.now().getTime() / 1000)) {
+        verified.delete(token)
+        throw invalidRequest(`${what} is invalid or expired`)
+      }
+      payload = seen.payload
+    } else {
+      try {
+        const checked = await jwtVerify(token, keys.set, {
+          issuer: deps.issuer,
+          algorithms: ["ES256"],
+          clockTolerance: CLOCK_TOLERANCE_S,
+          currentDate: deps.now()
+        })
+        payload = checked.payload as JWTPayload & Record<string, unknown>
+      } catch {
+        // expired, forged, unknown key, wrong issuer: one answer, the reason stays here
+        throw invalidRequest(`${what} is invalid or expired`)
+      }
+      // only mandates with an expiry are kept (this sts sets one on all of them)
+      if (typeof payload.exp === "number") verified.set(token, { kid, payload })
     }
     const use = payload.use
     if ((use !== "ambient" && use !== "per_call") || typeof payload.client_id !== "string") throw invalidRequest(`${what} is not a mandate`)

@@ -17,6 +17,8 @@
 // where <ns> is REDIS_KEY_PREFIX ("caracal"): a sync deletes only modules under its own
 // `<ns>/zones/`, so deployments (or test runs) sharing one OPA leave each other's alone.
 import { Schema } from "effect"
+import http from "node:http"
+import https from "node:https"
 import { v7 as uuidv7 } from "uuid"
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
@@ -102,6 +104,7 @@ export const makeOpa = (opaUrl: string): Opa => {
     return { status: res.status, body: parse(await res.text()) }
   }
   const management = () => AbortSignal.timeout(MANAGEMENT_TIMEOUT_MS)
+  const decide = decisionPost(base)
   return {
     baseUrl: base,
     list: async () => {
@@ -113,14 +116,42 @@ export const makeOpa = (opaUrl: string): Opa => {
     put: (id, text) =>
       call(policyUrl(base, id), { method: "PUT", body: text, headers: { "content-type": "text/plain" }, signal: management() }),
     remove: (id) => call(policyUrl(base, id), { method: "DELETE", signal: management() }),
-    evaluate: (path, input, signal) =>
-      call(`${base}/v1/data/${path}`, {
-        method: "POST",
-        body: JSON.stringify({ input }),
-        headers: { "content-type": "application/json" },
-        signal
-      })
+    evaluate: (path, input, signal) => decide(`${base}/v1/data/${path}`, JSON.stringify({ input }), signal)
   }
+}
+
+/** A decision's answer is a small JSON document; anything larger is not OPA answering us. */
+const DECISION_MAX_BYTES = 1024 * 1024
+
+/**
+ * POST of a decision over node:http with its own keep-alive pool: one per token exchange, so
+ * the client's cost is the exchange's — fetch (undici) spent half a millisecond of CPU on each,
+ * more than the signature.
+ */
+const decisionPost = (base: string) => {
+  const lib = new URL(base).protocol === "https:" ? https : http
+  const agent = new lib.Agent({ keepAlive: true, maxSockets: 64 })
+  return (url: string, body: string, signal: AbortSignal) =>
+    new Promise<OpaAnswer>((resolve, reject) => {
+      const req = lib.request(url, {
+        method: "POST",
+        agent,
+        signal,
+        headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) }
+      }, (res) => {
+        const chunks: Array<Buffer> = []
+        let size = 0
+        res.on("data", (c: Buffer) => {
+          size += c.length
+          if (size > DECISION_MAX_BYTES) res.destroy(new Error(`OPA answered a decision with more than ${DECISION_MAX_BYTES} bytes`))
+          else chunks.push(c)
+        })
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: parse(Buffer.concat(chunks).toString("utf8")) }))
+        res.on("error", reject)
+      })
+      req.on("error", reject)
+      req.end(body)
+    })
 }
 
 /** What a decision is: only an explicit `allow: true` in the policy's result grants. */

@@ -19,7 +19,7 @@ import { requireSignedCall, serviceHmacKeys } from "../../core/internal-call.ts"
 import { RedisClient } from "../../core/redis/redis.ts"
 import { stsSpec } from "./config.ts"
 import { type Decision, decisionPath, makeOpa, newDecisionId, type Opa, PolicyUnavailable, readDecision } from "./opa.ts"
-import { activeSetOf, reportDrift } from "./policy-sync.ts"
+import { activeSetOf, policyChanges, reportDrift } from "./policy-sync.ts"
 
 export { type Decision, PolicyUnavailable } from "./opa.ts"
 
@@ -41,10 +41,26 @@ export const makePolicyEngine = (deps: { readonly db: Kysely<Tables>; readonly o
       Effect.annotateLogs({ reason, error: String(cause) }),
       Effect.andThen(Effect.fail(new PolicyUnavailable({ reason })))
     )
+  // Each zone's active set as last read from the tables, kept while no change has been
+  // committed since (the policy sync's NOTIFY moves the generation) and only while a listener
+  // is connected to hear one: a decision then asks OPA alone. A read that a change overtook
+  // is used once and not kept.
+  const activeSets = new Map<string, { readonly generation: number; readonly value: Awaited<ReturnType<typeof activeSetOf>> }>()
+  const activeSet = async (zoneId: string) => {
+    const generation = policyChanges.generation
+    const kept = activeSets.get(zoneId)
+    if (policyChanges.listening > 0 && kept?.generation === generation) return kept.value
+    const value = await activeSetOf(deps.db, zoneId)
+    if (policyChanges.listening > 0 && policyChanges.generation === generation) {
+      if (activeSets.size >= 10_000) activeSets.clear()
+      activeSets.set(zoneId, { generation, value })
+    }
+    return value
+  }
   const ask = Effect.fn("PolicyEngine.decide")(function*(zoneId: string, input: unknown) {
     // both asked at once (a decision waits for the slower, not for their sum); the tables have the last word
     const [active, asked] = yield* Effect.all([
-      Effect.tryPromise(() => activeSetOf(deps.db, zoneId)).pipe(Effect.catch(unavailable("database"))),
+      Effect.tryPromise(() => activeSet(zoneId)).pipe(Effect.catch(unavailable("database"))),
       Effect.exit(Effect.tryPromise((signal) => deps.opa.evaluate(decisionPath(zoneId), input, signal)))
     ], { concurrency: 2 })
     // a zone without an active set is denied whatever OPA says, or whether it answers at all

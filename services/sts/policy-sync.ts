@@ -303,12 +303,28 @@ export const reportDrift = () => {
   for (const wake of driftListeners) wake()
 }
 
+/**
+ * What this process knows of committed policy changes, for what it caches from the tables
+ * (the policy engine's active sets): `generation` moves at every NOTIFY and every change of
+ * listener; `listening` counts connected listeners. With none connected a change could go
+ * unheard, so nothing cached may be used.
+ */
+export const policyChanges = { generation: 0, listening: 0 }
+
 /** LISTENs on its own connection, reconnecting; `onWake` also fires after each (re)connection. */
 const listen = (url: string, onWake: () => void, onError: (e: unknown) => void) => {
   let stopped = false
   let client: pg.Client | undefined
+  let counted: pg.Client | undefined
   let timer: ReturnType<typeof setTimeout> | undefined
+  const uncount = (c: pg.Client) => {
+    if (counted !== c) return
+    counted = undefined
+    policyChanges.listening--
+    policyChanges.generation++
+  }
   const lost = (c: pg.Client) => {
+    uncount(c)
     if (client !== c) return
     client = undefined
     c.end().catch(() => undefined)
@@ -323,10 +339,18 @@ const listen = (url: string, onWake: () => void, onError: (e: unknown) => void) 
       lost(c)
     })
     c.on("end", () => lost(c))
-    c.on("notification", onWake)
+    c.on("notification", () => {
+      policyChanges.generation++
+      onWake()
+    })
     try {
       await c.connect()
       await c.query(`listen ${POLICY_CHANNEL}`)
+      if (client === c) {
+        counted = c
+        policyChanges.listening++
+        policyChanges.generation++
+      }
       // whatever was committed while this connection was away
       onWake()
     } catch (e) {
@@ -340,6 +364,7 @@ const listen = (url: string, onWake: () => void, onError: (e: unknown) => void) 
     clearTimeout(timer)
     const c = client
     client = undefined
+    if (c !== undefined) uncount(c)
     await c?.end().catch(() => undefined)
   }
 }

@@ -193,8 +193,13 @@ describe("refusals, each with its status and error", () => {
     const foreign = await new SignJWT({ ...payload }).setProtectedHeader({ alg: "ES256", kid: "not-a-zone-key" }).sign(privateKey)
     expectError(await perCall(foreign), 400, "invalid_request")
     const short = await ambient("a", { ttl_seconds: "1" })
+    // used while valid first: its checked signature is kept, and must not outlive its exp
+    expect((await perCall(short)).status).toBe(200)
     await new Promise((r) => setTimeout(r, 7_000)) // past exp and the 5 s tolerance
     expectError(await perCall(short), 400, "invalid_request")
+    // a tampered copy of a token whose signature was kept is checked again, not taken for it
+    expect((await perCall(good)).status).toBe(200)
+    expectError(await perCall(tampered), 400, "invalid_request")
     expect((await exportJWK((await generateKeyPair("ES256")).publicKey)).kty).toBe("EC")
   }, 30_000)
 
