@@ -316,6 +316,29 @@ describe("when a zone's active set is archived", () => {
   })
 })
 
+describe("the active set each replica keeps in memory", () => {
+  it("follows a change on both replicas, also one committed while their listeners were cut", async () => {
+    const zone = await zoneNamed("kept-sets")
+    const first = await newSet(zone, "first")
+    await setVersion(zone, first, [await policy(zone, "k1", ALLOW("kept_first"))])
+    // both replicas decide (and keep the zone's active set)
+    for (const sts of [stsA, stsB!]) await until(sts, zone, "kept_first")
+    // heard through NOTIFY: the newer set replaces the kept one on both
+    const second = await newSet(zone, "second")
+    await setVersion(zone, second, [await policy(zone, "k2", DENY("kept_second"))])
+    for (const sts of [stsA, stsB!]) console.log(`newer set decided ${await until(sts, zone, "kept_second")} ms after its activation answered`)
+    // the fault: every LISTEN connection of this database cut, and the set archived at once
+    const cut = await queryRows<{ n: number }>(db.url,
+      "select count(pg_terminate_backend(pid))::int as n from pg_stat_activity where datname = current_database() and query ilike 'listen %'")
+    expect(cut[0]!.n).toBeGreaterThanOrEqual(2)
+    await call("DELETE", `/v1/zones/${zone}/policy-sets/${second}`)
+    // a replica whose listener is away reads the tables again; one that reconnected has moved on
+    for (const sts of [stsA, stsB!]) await until(sts, zone, "kept_first")
+    await call("DELETE", `/v1/zones/${zone}/policy-sets/${first}`)
+    for (const sts of [stsA, stsB!]) await until(sts, zone, "no_active_policy")
+  }, 90_000)
+})
+
 describe("when OPA refuses a zone's stored policy", () => {
   it("the zone is served nothing (deny), the error is logged, and it loads again once the text is fixed", async () => {
     const zone = await zoneNamed("refused")
