@@ -6,6 +6,7 @@ import { ByteSize, Cause, Context, Effect, Layer, Metric, Scope } from "effect"
 import { HttpRouter, HttpServer, HttpServerRequest as Req, HttpServerResponse as Res } from "effect/http"
 import { HttpIncomingMessage } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
+import { observeGc } from "../gc-metrics.ts"
 import { randomUUID } from "node:crypto"
 import nodeHttp from "node:http"
 import https from "node:https"
@@ -142,9 +143,10 @@ const handle = <E, R>(
     return res
   })
 
-/** /health is liveness only; /ready runs this service's dependency checks. */
-export const operationalRoutes = (service: string, readyChecks: ReadonlyArray<ReadyCheck>) =>
-  Layer.mergeAll(
+/** /health is liveness only; /ready runs this service's dependency checks; /metrics includes GC pauses. */
+export const operationalRoutes = (service: string, readyChecks: ReadonlyArray<ReadyCheck>) => {
+  observeGc()
+  return Layer.mergeAll(
     HttpRouter.add("GET", "/health", Effect.succeed(Res.jsonUnsafe({ status: "ok", service }))),
     HttpRouter.add(
       "GET",
@@ -171,6 +173,7 @@ export const operationalRoutes = (service: string, readyChecks: ReadonlyArray<Re
       Effect.map(PrometheusMetrics.format(), (text) => Res.text(text, { contentType: "text/plain; version=0.0.4; charset=utf-8" }))
     )
   )
+}
 
 /** Serves `routes` (a layer of HttpRouter.add/use) with the kernel on Node's HTTP or HTTPS server. */
 export const serve = <E, R, RF = never>(routes: Layer.Layer<never, E, R>, opts: ServeOptions<RF>) => {

@@ -89,13 +89,13 @@ describe("the HTTP kernel", () => {
 const METRIC_NAME = "[a-zA-Z_:][a-zA-Z0-9_:]*"
 const LABELS = `\\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\\\\n]|\\\\.)*",?)*\\}`
 const VALUE = "(?:[-+]?(?:\\d+(?:\\.\\d*)?|\\.\\d+)(?:[eE][-+]?\\d+)?|[-+]?Inf|NaN)"
-const SAMPLE = new RegExp(`^(${METRIC_NAME})(${LABELS})? ${VALUE}(?: -?\\d+)?$`)
+const SAMPLE = new RegExp(`^(${METRIC_NAME})(${LABELS})? (${VALUE})(?: -?\\d+)?$`)
 const HELP = new RegExp(`^# HELP (${METRIC_NAME}) .*$`)
 const TYPE = new RegExp(`^# TYPE (${METRIC_NAME}) (counter|gauge|histogram|summary|untyped)$`)
 
 export const parsePrometheus = (text: string) => {
   const types = new Map<string, string>()
-  const samples: Array<{ name: string; labels: string }> = []
+  const samples: Array<{ name: string; labels: string; value: string }> = []
   for (const line of text.split("\n")) {
     if (line === "") continue
     const t = TYPE.exec(line)
@@ -106,7 +106,7 @@ export const parsePrometheus = (text: string) => {
     if (HELP.test(line)) continue
     const s = SAMPLE.exec(line)
     if (!s) throw new Error(`not Prometheus text: ${JSON.stringify(line)}`)
-    samples.push({ name: s[1]!, labels: s[2] ?? "" })
+    samples.push({ name: s[1]!, labels: s[2] ?? "", value: s[3]! })
   }
   return { types, samples }
 }
@@ -140,6 +140,22 @@ describe("a running service", () => {
     expect(samples.some((s) => s.name === "http_requests_total" && s.labels.includes(`status="404"`))).toBe(true)
     expect(samples.some((s) => s.name === "http_request_duration_seconds_bucket")).toBe(true)
   })
+
+  it("shows its garbage collections on /metrics, by kind, once it has collected", async () => {
+    const minor = async () => {
+      const { types, samples } = parsePrometheus(await (await fetch(`${svc.url}/metrics`)).text())
+      const count = samples.find((s) => s.name === "nodejs_gc_pause_seconds_count" && s.labels.includes(`kind="minor"`))
+      return { type: types.get("nodejs_gc_pause_seconds"), count: Number(count?.value ?? 0) }
+    }
+    // requests allocate until the young generation fills and is collected
+    const deadline = Date.now() + 30_000
+    while ((await minor()).count === 0 && Date.now() < deadline) {
+      await Promise.all(Array.from({ length: 50 }, () => fetch(`${svc.url}/ready`).then((r) => r.arrayBuffer())))
+    }
+    const seen = await minor()
+    expect(seen.type).toBe("histogram")
+    expect(seen.count).toBeGreaterThan(0)
+  }, 60_000)
 
   it("writes JSON log lines with level, message and the request id", async () => {
     await fetch(`${svc.url}/ready`, { headers: { "x-request-id": "trace-me-1" } })
