@@ -28,6 +28,8 @@ export interface ListOptions {
  */
 export interface Page {
   readonly parts: ReadonlyArray<Buffer>
+  /** What the page's bytes are made of (each record's id, version and key status): equal identities, equal bytes. */
+  readonly identity: string
   readonly count: number
   readonly last: string | null
 }
@@ -121,7 +123,13 @@ export const makeQueries = (db: Kysely<Tables>) => {
         if (parts.length > 0) parts.push(COMMA)
         parts.push(bodies[i], ENDS.get(r.key_status)!)
       })
-      return { parts, count: listed.filter((_, i) => bodies[i] !== undefined).length, last: rows.length > o.limit ? listed[listed.length - 1]!.id : null }
+      const shown = listed.filter((_, i) => bodies[i] !== undefined)
+      return {
+        parts,
+        count: shown.length,
+        identity: shown.map((r) => `${r.id}.${r.version}.${r.key_status ?? ""}`).join(","),
+        last: rows.length > o.limit ? listed[listed.length - 1]!.id : null
+      }
     },
     /** The id a POST's Idempotency-Key created before, if any (checked before calling out to the sts). */
     priorAnswer: async (c: { idempotencyScope?: string | undefined; idempotencyKey?: string | undefined }) => {
