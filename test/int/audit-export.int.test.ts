@@ -200,6 +200,49 @@ describe("audit export to S3", () => {
     }
   }, 120_000)
 
+  it("a window of more chunks than are read at once is written as it is read, and verifies from the file alone", async () => {
+    const own = await freshDatabase("auditexportbig")
+    try {
+      const z = `zone-${randomBytes(4).toString("hex")}`
+      await queryRows(own.url, `insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor,
+        correlation_id, data) values ($1, $2, 'zone', $2, 1, 'ZoneCreated', 1, now(), '{"kind":"admin","id":"t"}', $3, '{}')`, [randomUUID(), z, randomUUID()])
+      const at = new Date("2026-04-01T10:30:00.000Z")
+      const ownDeps: IngestDeps = { db: own.database.db, key: createSecretKey(hmacSeed), signer, zones: zoneDirectory(own.database.db), now: () => at }
+      // 35,000 records of one chain: four chunks of 10,000 (the reader keeps two ahead), checkpoints among them
+      const total = 35_000
+      for (let i = 0; i < total; i += 5_000) {
+        await ingest(ownDeps, Array.from({ length: 5_000 }, (_, j) => ({
+          origin: "record" as const, stream: "audit",
+          body: { id: uuidv7(), zone_id: z, source: "gateway", kind: "proxy", decision: j % 7 === 0 ? "deny" : "allow", request_id: randomUUID(), occurred_at: at.toISOString() }
+        })))
+        await checkpointChains(own.database.db, signer, at)
+      }
+      const bucket = `big-${randomBytes(4).toString("hex")}`
+      await direct.send(new CreateBucketCommand({ Bucket: bucket }))
+      const report = await runExport({ ...exportDeps, database: own.database, bucket }, new Date("2026-04-01T11:05:00.000Z"))
+      assert.deepStrictEqual(report.windows.map((w) => [w.records, w.written]), [[total, true]])
+      const dir = path.join(tmp, "big")
+      const body = await (await direct.send(new GetObjectCommand({ Bucket: bucket, Key: report.windows[0]!.key }))).Body!.transformToByteArray()
+      mkdirSync(path.dirname(path.join(dir, report.windows[0]!.key)), { recursive: true })
+      writeFileSync(path.join(dir, report.windows[0]!.key), body)
+      const verified = await verifyExport(dirSource(dir), { hmacKey: createSecretKey(hmacSeed), publicKeyHex: signer.publicKeyHex })
+      assert.strictEqual(verified.chains.length, 1)
+      const chain = verified.chains[0]!
+      assert.isTrue(chain.ok, JSON.stringify(chain))
+      assert.strictEqual(chain.lastSeq, total)
+      assert.isAtLeast(chain.checkpointsVerified, 7)
+      const [root] = await queryRows<{ root: Buffer }>(own.url, "select root from audit_checkpoints where zone = $1 and tree_size = $2", [z, total])
+      assert.strictEqual(chain.root, root!.root.toString("hex"))
+      const duck = await (await DuckDBInstance.create(":memory:")).connect()
+      const counted = (await duck.runAndReadAll(
+        `select count(*)::int as n, min(seq)::int as lo, max(seq)::int as hi from read_parquet('${dir}/**/*.parquet') where row_kind = 'record'`
+      )).getRowObjects()
+      assert.deepStrictEqual(counted, [{ n: total, lo: 1, hi: total }])
+    } finally {
+      await own.close()
+    }
+  }, 180_000)
+
   it("caracal audit export writes the closed windows now, with a progress bar", async () => {
     const own = await freshDatabase("auditexportcli")
     try {
