@@ -17,7 +17,7 @@ import { runExport } from "../services/audit/export.ts"
 import { dirSource, type ExportVerifyReport, s3Source, verifyExport } from "../services/audit/export-verify.ts"
 import { redact } from "../services/audit/redact.ts"
 import { s3Client } from "../services/audit/s3.ts"
-import { listChains, verifyStoredChain } from "../services/audit/store.ts"
+import { type AuditRecordsRow, listChains, verifyStoredChain } from "../services/audit/store.ts"
 import type { VerifyReport } from "../services/audit/verify.ts"
 import { type Out, UsageError } from "./output.ts"
 
@@ -113,17 +113,7 @@ export const runVerify = async (o: { zone: string | undefined; fromExport: strin
   if (bad.length > 0) throw new UsageError(`${bad.length} chain(s) failed verification`)
 }
 
-interface TimelineRow {
-  zone: string
-  seq: string
-  occurred_at: Date
-  source: string
-  kind: string
-  decision: string | null
-  request_id: string | null
-  session_id: string | null
-  canonical: Buffer
-}
+type TimelineRow = Pick<AuditRecordsRow, "zone" | "seq" | "occurred_at" | "source" | "kind" | "decision" | "request_id" | "session_id" | "canonical">
 
 export const timelineRows = async (db: Kysely<any>, by: { request?: string | undefined; session?: string | undefined; zone?: string | undefined }) => {
   const { rows } = await sql<TimelineRow>`

@@ -11,7 +11,7 @@ import { publicKeyFromHex } from "../audit/checkpoint.ts"
 import type { Entry } from "../audit/entry.ts"
 import { consistencyProofFor, inclusionProofFor, ProofUnavailable } from "../audit/proofs.ts"
 import { redact } from "../audit/redact.ts"
-import { loadCheckpoints, verifyStoredChain } from "../audit/store.ts"
+import { type AuditRecordsRow, loadCheckpoints, verifyStoredChain } from "../audit/store.ts"
 import { type ApiRejected, rejected } from "./domain/record.ts"
 import { answer, type Ctx, route, type RouteSpec } from "./route-kit.ts"
 
@@ -33,20 +33,8 @@ const read = <A>(f: () => Promise<A>) =>
 const LIMIT_MAX = 1000
 const DECISIONS = new Set(["allow", "deny", "error"])
 
-interface AuditRow {
-  seq: string
-  id: string
-  recorded_at: Date
-  occurred_at: Date
-  source: string
-  kind: string
-  decision: string | null
-  request_id: string | null
-  session_id: string | null
-  client_id: string | null
-  jti: string | null
-  canonical: Buffer
-}
+type AuditRow = Pick<AuditRecordsRow, "seq" | "id" | "recorded_at" | "occurred_at" | "source" | "kind" | "decision" | "request_id"
+  | "session_id" | "client_id" | "jti" | "canonical">
 
 const view = (r: AuditRow) => ({
   seq: Number(r.seq),

@@ -6,14 +6,13 @@ import type { Checkpoint } from "./checkpoint.ts"
 import { decodeFrontier } from "./merkle.ts"
 import { type Anchor, type StoredRow, type VerifyReport, verifyChain } from "./verify.ts"
 
-interface RowRecord {
+/** A row of audit_records as node-postgres reads it (bigint seq as text, bytea as Buffer). */
+export interface AuditRecordsRow {
+  zone: string
   seq: string
   id: string
-  canonical: Buffer
-  prev_mac: Buffer
-  mac: Buffer
-  leaf_hash: Buffer
-  occurred_ms: number
+  recorded_at: Date
+  occurred_at: Date
   source: string
   kind: string
   decision: string | null
@@ -21,7 +20,14 @@ interface RowRecord {
   session_id: string | null
   client_id: string | null
   jti: string | null
+  canonical: Buffer
+  prev_mac: Buffer
+  mac: Buffer
+  leaf_hash: Buffer
 }
+
+type RowRecord = Pick<AuditRecordsRow, "seq" | "id" | "canonical" | "prev_mac" | "mac" | "leaf_hash" | "source" | "kind" | "decision"
+  | "request_id" | "session_id" | "client_id" | "jti"> & { occurred_ms: number }
 
 const page = async (db: Kysely<any>, chain: string, after: number, size: number) =>
   (await sql<RowRecord>`

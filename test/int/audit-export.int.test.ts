@@ -200,14 +200,20 @@ describe("audit export to S3", () => {
     }
   }, 120_000)
 
+  /** A zone of a database of the test's own, and ingest dependencies whose clock stands at `at`. */
+  const ownZone = async (own: TestDatabase & { database: DatabaseShape }, at: Date) => {
+    const z = `zone-${randomBytes(4).toString("hex")}`
+    await queryRows(own.url, `insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor,
+      correlation_id, data) values ($1, $2, 'zone', $2, 1, 'ZoneCreated', 1, now(), '{"kind":"admin","id":"t"}', $3, '{}')`, [randomUUID(), z, randomUUID()])
+    const ownDeps: IngestDeps = { db: own.database.db, key: createSecretKey(hmacSeed), signer, zones: zoneDirectory(own.database.db), now: () => at }
+    return { z, ownDeps }
+  }
+
   it("a window of more chunks than are read at once is written as it is read, and verifies from the file alone", async () => {
     const own = await freshDatabase("auditexportbig")
     try {
-      const z = `zone-${randomBytes(4).toString("hex")}`
-      await queryRows(own.url, `insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor,
-        correlation_id, data) values ($1, $2, 'zone', $2, 1, 'ZoneCreated', 1, now(), '{"kind":"admin","id":"t"}', $3, '{}')`, [randomUUID(), z, randomUUID()])
       const at = new Date("2026-04-01T10:30:00.000Z")
-      const ownDeps: IngestDeps = { db: own.database.db, key: createSecretKey(hmacSeed), signer, zones: zoneDirectory(own.database.db), now: () => at }
+      const { z, ownDeps } = await ownZone(own, at)
       // 35,000 records of one chain: four chunks of 10,000 (the reader keeps two ahead), checkpoints among them
       const total = 35_000
       for (let i = 0; i < total; i += 5_000) {
@@ -246,11 +252,8 @@ describe("audit export to S3", () => {
   it("caracal audit export writes the closed windows now, with a progress bar", async () => {
     const own = await freshDatabase("auditexportcli")
     try {
-      const z = `zone-${randomBytes(4).toString("hex")}`
-      await queryRows(own.url, `insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor,
-        correlation_id, data) values ($1, $2, 'zone', $2, 1, 'ZoneCreated', 1, now(), '{"kind":"admin","id":"t"}', $3, '{}')`, [randomUUID(), z, randomUUID()])
       const twoHoursAgo = new Date(Date.now() - 2 * HOUR)
-      const ownDeps: IngestDeps = { db: own.database.db, key: createSecretKey(hmacSeed), signer, zones: zoneDirectory(own.database.db), now: () => twoHoursAgo }
+      const { z, ownDeps } = await ownZone(own, twoHoursAgo)
       await ingest(ownDeps, Array.from({ length: 5 }, () => ({
         origin: "record" as const, stream: "audit",
         body: { id: uuidv7(), zone_id: z, source: "sts", kind: "token_exchange", decision: "allow", request_id: randomUUID(), occurred_at: twoHoursAgo.toISOString() }
