@@ -16,29 +16,27 @@ if n > tonumber(ARGV[1]) then return -1 end
 if redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'NX') then return 1 end
 return 0`
 
-// The same, and then the call's audit record for the outcome, appended to the audit stream in
-// the same script (when that stream lives on this Redis): one round trip decides the call and
-// records the decision. KEYS[3] the audit stream; ARGV[3] its db, ARGV[4] this connection's;
-// ARGV[5..] three field lists, each after its length: for fresh, replay and rate_limited.
+// The same, and then the allowed call's audit record, appended to the audit stream in the
+// same script (when that stream lives on this Redis): one round trip decides the call and
+// records it. A refusal (replay, rate limit) is not recorded here: the caller records it with
+// its own append — a second round trip only on the refused path, and one record to build and
+// sign per call instead of one per possible outcome. KEYS[3] the audit stream; ARGV[3] its db,
+// ARGV[4] this connection's; ARGV[5..] the record's stream fields.
 const CLAIM_AND_RECORD = `
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], 60) end
-local outcome = 0
-if n > tonumber(ARGV[1]) then outcome = -1
-elseif redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'NX') then outcome = 1 end
-local skip = (outcome == 1) and 0 or ((outcome == 0) and 1 or 2)
-local i = 5
-for _ = 1, skip do i = i + tonumber(ARGV[i]) + 1 end
+if n > tonumber(ARGV[1]) then return -1 end
+if not redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'NX') then return 0 end
 redis.call('SELECT', ARGV[3])
-redis.call('XADD', KEYS[3], '*', unpack(ARGV, i + 1, i + tonumber(ARGV[i])))
+redis.call('XADD', KEYS[3], '*', unpack(ARGV, 5))
 redis.call('SELECT', ARGV[4])
-return outcome`
+return 1`
 
-/** Where the audit records go when they are written with the claim, and each outcome's record. */
+/** Where the record of an allowed call goes when it is written with the claim, and its fields. */
 export interface RecordWithClaim {
   readonly stream: string
   readonly db: number
-  readonly fields: Readonly<Record<Claim, ReadonlyArray<string>>>
+  readonly fields: ReadonlyArray<string>
 }
 
 /** A bounded map that forgets its least recently added entries first. */
@@ -73,8 +71,8 @@ export interface ReplayGuard {
    */
   readonly claim: (jti: string, expiresAtMs: number, budgetKey: string, perMinute: number) => Promise<Claim>
   /**
-   * `claim`, and the record of its outcome appended in the same script. A repeat this replica
-   * has seen is answered from the cache: "replay", with nothing recorded (the caller records it).
+   * `claim`, and when the call is fresh, its record appended in the same script (`recorded`).
+   * A refusal is never recorded here: the caller records it.
    */
   readonly claimAndRecord: (jti: string, expiresAtMs: number, budgetKey: string, perMinute: number, record: RecordWithClaim) =>
     Promise<{ readonly claim: Claim; readonly recorded: boolean }>
@@ -113,10 +111,9 @@ export const makeReplayGuard = (limits: Redis, jtiKey: (jti: string) => string, 
       const t = now()
       if (cache.has(jti, t)) return { claim: "replay", recorded: false }
       const ttl = ttlOf(expiresAtMs, t)
-      const lists = (["fresh", "replay", "rate_limited"] as const).flatMap((c) => [String(record.fields[c].length), ...record.fields[c]])
-      const claim = outcomeOf(await redis.caracalClaimAndRecord(budgetKey, jtiKey(jti), record.stream, perMinute, ttl, record.db, ownDb, ...lists))
+      const claim = outcomeOf(await redis.caracalClaimAndRecord(budgetKey, jtiKey(jti), record.stream, perMinute, ttl, record.db, ownDb, ...record.fields))
       remember(jti, claim, t + ttl)
-      return { claim, recorded: true }
+      return { claim, recorded: claim === "fresh" }
     }
   }
 }

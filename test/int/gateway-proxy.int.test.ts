@@ -105,6 +105,34 @@ describe("a governed call", () => {
     expect(firstAt - started).toBeLessThan(900)
   })
 
+  it("cuts the caller's answer when the upstream drops mid-body, never ending it as complete", async () => {
+    // chunked: an ended response would carry the terminating chunk and look whole to the caller
+    g.upstream.route("/dropped-chunked", (_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain" })
+      res.write("partial ")
+      setTimeout(() => res.socket?.destroy(), 100)
+    })
+    g.upstream.route("/dropped-sized", (_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain", "content-length": "1000" })
+      res.write("partial ")
+      setTimeout(() => res.socket?.destroy(), 100)
+    })
+    for (const path of ["/dropped-chunked", "/dropped-sized"]) {
+      const mandate = await perCall("plain")
+      const outcome = await new Promise<{ complete: boolean; body: string; status: number }>((resolve) => {
+        http.get(`${g.gateways[0]!.url}${path}`, { headers: { authorization: `Bearer ${mandate}`, "x-caracal-resource": "plain" } }, (res) => {
+          let body = ""
+          res.on("data", (c: Buffer) => (body += c.toString()))
+          res.on("error", () => undefined)
+          res.on("close", () => resolve({ complete: res.complete, body, status: res.statusCode ?? 0 }))
+        }).on("error", () => resolve({ complete: false, body: "", status: 0 }))
+      })
+      expect(outcome.status, path).toBe(200)
+      expect(outcome.body, path).toBe("partial ")
+      expect(outcome.complete, path).toBe(false)
+    }
+  })
+
   it("refuses bodies over MAX_BODY_BYTES, declared or chunked, with 413", async () => {
     const big = "y".repeat(100_000)
     const declared = await g.call("/too-big", { mandate: await perCall("plain"), resource: "plain", method: "POST", body: big })

@@ -9,6 +9,7 @@ import {
   authenticate,
   AuthError,
   authErrorAnswer,
+  isCanonicalBase64url,
   isZoneId,
   type Mandate,
   makeMandateVerifier,
@@ -248,6 +249,23 @@ describe("a mandate signed by a served key", () => {
     assert.deepStrictEqual(Buffer.from(twin.split(".")[2] as string, "base64url"), Buffer.from(s, "base64url"))
     await expect401(v.verify(twin, "zone-a"), "mandate is not canonical base64url")
     await v.verify(token, "zone-a")
+  })
+
+  it("is decided canonical from its text exactly when decoding and re-encoding gives it back", () => {
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    const roundTrip = (x: string) => /^[A-Za-z0-9_-]+$/.test(x) && Buffer.from(x, "base64url").toString("base64url") === x
+    let canonical = 0
+    for (let i = 0; i < 20_000; i++) {
+      const length = 1 + (i % 13)
+      let x = ""
+      for (let j = 0; j < length; j++) x += alphabet[Math.floor(Math.random() * 64)]
+      if (i % 7 === 0) x += "="
+      assert.strictEqual(isCanonicalBase64url(x), roundTrip(x), x)
+      if (roundTrip(x)) canonical++
+    }
+    // both answers occur: the comparison above is not one-sided
+    assert.isAbove(canonical, 1000)
+    assert.isBelow(canonical, 19_000)
   })
 
   it("is refused when issued in the future beyond the clock tolerance", async () => {
