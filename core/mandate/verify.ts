@@ -92,6 +92,13 @@ export const authErrorAnswer: ErrorMapper = (error): Answer | undefined =>
     ? { status: error.status, code: error.code, description: error.description, internal: error.status >= 500 }
     : undefined
 
+/**
+ * For a caller that learns the zone from the mandate itself (the gateway: the zone's keys
+ * still have to verify it, and everything after is looked up within that zone).
+ */
+export const ANY_ZONE: unique symbol = Symbol("any zone")
+export type AnyZone = typeof ANY_ZONE
+
 export interface MandateVerifierOptions {
   /** Base URL of the key server (often the issuer itself); a zone's keys are at `/.well-known/jwks.json?zone_id=`. */
   readonly jwksBaseUrl: string
@@ -125,7 +132,7 @@ export interface MandateVerifier {
    * The mandate, or an AuthError: 401 invalid_token, 403 zone_mismatch, 503 temporarily_unavailable.
    * `accept` overrides the verifier's own for this call (the gateway names the resource per request).
    */
-  readonly verify: (token: string, expectedZone: string, accept?: Accept) => Promise<Mandate>
+  readonly verify: (token: string, expectedZone: string | AnyZone, accept?: Accept) => Promise<Mandate>
   /** `verify` on the raw Authorization header. */
   readonly verifyAuthorization: (header: string | null | undefined, expectedZone: string) => Promise<Mandate>
 }
@@ -294,7 +301,7 @@ export const makeMandateVerifier = (options: MandateVerifierOptions): MandateVer
     now
   })
 
-  const verify = async (token: string, expectedZone: string, accept: Accept = options.accept): Promise<Mandate> => {
+  const verify = async (token: string, expectedZone: string | AnyZone, accept: Accept = options.accept): Promise<Mandate> => {
     if (token.length > MAX_TOKEN_BYTES) throw invalidToken("mandate too large")
     const parts = token.split(".")
     if (parts.length !== 3) throw invalidToken("malformed mandate")
@@ -345,7 +352,7 @@ export const makeMandateVerifier = (options: MandateVerifierOptions): MandateVer
       if (e instanceof errors.JOSEError) throw invalidToken(describeJoseFailure(e))
       throw invalidToken("mandate could not be verified")
     }
-    if (mandate.zoneId !== expectedZone) {
+    if (expectedZone !== ANY_ZONE && mandate.zoneId !== expectedZone) {
       throw new AuthError({ status: 403, code: "zone_mismatch", description: "the mandate was issued for another zone" })
     }
     return mandate

@@ -4,6 +4,7 @@
 // agent:act-for:<application id> for. Verification itself (keys, encodings, claims, the JWKS
 // fetch bounds, 401/403/503) lives in core/mandate/verify.ts.
 import {
+  type AnyZone,
   AuthError,
   type MandateVerifier,
   type MandateVerifierOptions,
@@ -45,7 +46,7 @@ export interface CoordinatorVerifierOptions extends Omit<MandateVerifierOptions,
 export const makeMandateVerifier = (options: CoordinatorVerifierOptions): MandateVerifier => {
   const { stsUrl, ...rest } = options
   const core = makeCoreVerifier({ ...rest, jwksBaseUrl: stsUrl, accept: { use: "ambient", audience: options.issuer } })
-  const verify = async (token: string, zone: string): Promise<Mandate> => {
+  const verify = async (token: string, zone: string | AnyZone): Promise<Mandate> => {
     const mandate = await core.verify(token, zone)
     if (!mandate.scopes.has(LIFECYCLE_SCOPE)) {
       throw new AuthError({ status: 403, code: "missing_scope", description: `the mandate lacks the ${LIFECYCLE_SCOPE} scope` })
