@@ -7,6 +7,7 @@
 import { createHash, timingSafeEqual } from "node:crypto"
 import type { Redis } from "ioredis"
 import type { Keys } from "../../core/redis/keys.ts"
+import { countInWindow } from "../../core/redis/window-count.ts"
 
 export const FAILURES_PER_WINDOW = 20
 export const WINDOW_SECONDS = 60
@@ -45,7 +46,7 @@ export const makeAdminAuth = (token: string, redis: Redis, keys: Keys): AdminAut
       }
       if (timingSafeEqual(digest(presented(authorization)), expected)) return { ok: true, actorId }
       // the window starts at the first failure: at most FAILURES_PER_WINDOW failures per window
-      const [[, count]] = (await redis.multi().incr(key).expire(key, WINDOW_SECONDS, "NX").exec()) as [[unknown, number]]
+      const count = await countInWindow(redis, key, WINDOW_SECONDS)
       if (count > FAILURES_PER_WINDOW) {
         return { ok: false, status: 429, retryAfter: WINDOW_SECONDS }
       }

@@ -11,6 +11,7 @@ import { type Loaded, ServiceConfig } from "../../core/config/load.ts"
 import { Consumer } from "../../core/consumer-layer.ts"
 import { Database } from "../../core/db/database.ts"
 import { RedisClient } from "../../core/redis/redis.ts"
+import { countInWindow } from "../../core/redis/window-count.ts"
 import { events as apiRegistry } from "../api/events.ts"
 import { stsSpec } from "./config.ts"
 import { makeCoordinatorView } from "./coordinator-view.ts"
@@ -82,9 +83,7 @@ export const exchangeContext = (parts: Effect.Effect<TokenParts, never, any>) =>
       decide,
       coordinator: makeCoordinatorView(database.db),
       take: async (scope, id, perMinute) => {
-        const key = budget(scope, id)
-        const [[, n]] = (await redis.limits.multi().incr(key).expire(key, 60, "NX").exec()) as [[unknown, number]]
-        return n <= perMinute
+        return (await countInWindow(redis.limits, budget(scope, id), 60)) <= perMinute
       },
       spent: async (scope, id, perMinute) => Number((await redis.limits.get(budget(scope, id))) ?? 0) >= perMinute,
       tokenRatePerMinute: vars.TOKEN_RATE_PER_MINUTE,
