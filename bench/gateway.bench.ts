@@ -11,7 +11,7 @@ import { SignJWT } from "jose"
 import { freePort, spawnScript } from "../core/testing/index.ts"
 import { startGatewayStack, zoneSigner } from "../test/fixtures/gateway.ts"
 import { until } from "../test/fixtures/harness.ts"
-import { percentile, report } from "./lib.ts"
+import { gcPauses, percentile, printGcBetween, report } from "./lib.ts"
 
 const C_HIGH = 32
 const N_HIGH = Number(process.env.BENCH_GATEWAY_N ?? 20_000)
@@ -105,18 +105,11 @@ await load(gatewayPort, 8, 1000, governed(await mintMany(1000)))
 
 const highMandates = await mintMany(N_HIGH)
 const lowMandates = await mintMany(N_LOW)
-/** The gateway's collection pauses so far, by kind (BENCH_GC=1 prints those of the c32 phase). */
-const gcOf = async () => {
-  const text = await (await fetch(`http://127.0.0.1:${gatewayPort}/metrics`)).text()
-  const out: Record<string, number> = {}
-  for (const m of text.matchAll(/^nodejs_gc_pause_seconds_(sum|count)\{kind="(\w+)"\} ([0-9.e+-]+)$/gm)) out[`${m[2]}_${m[1]}`] = Number(m[3])
-  return out
-}
 const bareHigh = await load(barePort, C_HIGH, N_HIGH, bare)
-const gc0 = await gcOf()
+const gc0 = await gcPauses(`http://127.0.0.1:${gatewayPort}`)
 const gwHigh = await load(gatewayPort, C_HIGH, N_HIGH, governed(highMandates))
-const gc1 = await gcOf()
-if (process.env.BENCH_GC === "1") console.log(Object.fromEntries(Object.keys(gc1).map((k) => [k, gc1[k]! - (gc0[k] ?? 0)])))
+const gc1 = await gcPauses(`http://127.0.0.1:${gatewayPort}`)
+printGcBetween("gateway c32 phase", gc0, gc1)
 const bareLow = await load(barePort, 1, N_LOW, bare)
 const gwLow = await load(gatewayPort, 1, N_LOW, governed(lowMandates))
 

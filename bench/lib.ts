@@ -27,3 +27,20 @@ export const throughput = async (total: number, concurrency: number, task: (i: n
   }))
   return total / ((performance.now() - start) / 1000)
 }
+
+/**
+ * A service's collection pauses so far (its /metrics), as `<kind>_sum` seconds and
+ * `<kind>_count`; two of them subtracted give a phase's (BENCH_GC=1 prints them).
+ */
+export const gcPauses = async (baseUrl: string): Promise<Record<string, number>> => {
+  const text = await (await fetch(`${baseUrl}/metrics`)).text()
+  const out: Record<string, number> = {}
+  for (const m of text.matchAll(/^nodejs_gc_pause_seconds_(sum|count)\{kind="(\w+)"\} ([0-9.e+-]+)$/gm)) out[`${m[2]}_${m[1]}`] = Number(m[3])
+  return out
+}
+
+/** Prints the pauses between two readings of gcPauses when BENCH_GC=1. */
+export const printGcBetween = (label: string, before: Record<string, number>, after: Record<string, number>) => {
+  if (process.env.BENCH_GC !== "1") return
+  console.log(label, Object.fromEntries(Object.keys(after).map((k) => [k, after[k]! - (before[k] ?? 0)])))
+}

@@ -11,7 +11,7 @@ import { stackEnv } from "../core/testing/index.ts"
 import { decisionPath, makeOpa } from "../services/sts/opa.ts"
 import { startApi } from "../test/fixtures/api.ts"
 import { until } from "../test/fixtures/harness.ts"
-import { percentile, report, throughput } from "./lib.ts"
+import { gcPauses, percentile, printGcBetween, report, throughput } from "./lib.ts"
 
 const N = Number(process.env.BENCH_N ?? 2000)
 const C = 16
@@ -112,6 +112,7 @@ for (let round = 0; round < 2; round++) {
 const rate = Math.max(...rates)
 report({ bench: "sts", metric: "per_call_exchanges_per_s_c16_vs_opa_sign_xadd", value: rate, unit: "exchanges/s", ceiling: Math.max(...ceilings) })
 
+const gc0 = await gcPauses(h.sts.url)
 const offered = rate / 2
 const seconds = Number(process.env.BENCH_SECONDS ?? 10)
 const latencies: Array<number> = []
@@ -128,6 +129,8 @@ for (let i = 0; i < offered * seconds; i++) {
   })())
 }
 await Promise.all(inflight)
+const gc1 = await gcPauses(h.sts.url)
+printGcBetween("sts half-rate phase", gc0, gc1)
 latencies.sort((a, b) => a - b)
 report({ bench: "sts", metric: `exchange_p99_ms_at_half_rate_${Math.round(offered)}_per_s`, value: percentile(latencies, 99), unit: "ms", ceiling: 20 })
 report({ bench: "sts", metric: "exchange_p50_ms_at_half_rate", value: percentile(latencies, 50), unit: "ms", ceiling: 20 })

@@ -24,18 +24,28 @@ export const testRedis = async (label: string): Promise<TestRedis> => {
     redis,
     keys,
     close: async () => {
-      for (const db of [0, 1]) {
-        await redis.select(db)
-        let cursor = "0"
-        do {
-          const [next, found] = await redis.scan(cursor, "MATCH", `${keys.prefix}:*`, "COUNT", 500)
-          cursor = next
-          if (found.length > 0) await redis.del(...found)
-        } while (cursor !== "0")
-      }
+      await dropPrefix(redis, keys.prefix)
       await redis.quit()
     }
   }
+}
+
+/**
+ * Deletes every key under `prefix` in db0 (streams, projections) and db1 (limits, claims):
+ * what a test or benchmark wrote must not stay behind in the shared Redis, where it grows
+ * every snapshot and rewrite of the append-only file (a fork of a large Redis stalls it).
+ */
+export const dropPrefix = async (redis: Redis, prefix: string) => {
+  for (const db of [0, 1]) {
+    await redis.select(db)
+    let cursor = "0"
+    do {
+      const [next, found] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 500)
+      cursor = next
+      if (found.length > 0) await redis.unlink(...found)
+    } while (cursor !== "0")
+  }
+  await redis.select(0)
 }
 
 /** A separate, throwaway redis-server (e.g. with an unsafe eviction policy) on a free port. */
