@@ -65,6 +65,12 @@ export interface ZoneKeysShape {
   /** The zone's active key, opened (cached); undefined when the zone has no active key. */
   readonly signingKey: (zoneId: string) => Effect.Effect<ZoneSigningKey | undefined, ZoneKeysError>
   /**
+   * The zone's active key when the cache holds it fresh, without running anything: the token
+   * endpoint asks for it on every exchange, and a cache hit is most of them. undefined: ask
+   * signingKeyOrProvision.
+   */
+  readonly cachedSigningKey: (zoneId: string) => ZoneSigningKey | undefined
+  /**
    * signingKey, and when the zone has none but the api's log has the zone (created, not
    * archived), provisions it first: read-your-writes for a zone created a moment ago.
    * undefined: the zone is unknown or archived, and has no key.
@@ -207,9 +213,15 @@ const make = Effect.gen(function*() {
       return key
     })
 
-  const signingKey = Effect.fn("ZoneKeys.signingKey")(function*(zoneId: string) {
+  const cachedSigningKey = (zoneId: string): ZoneSigningKey | undefined => {
     const hit = cache.get(zoneId)
-    if (hit !== undefined && hit.expiresAt > Date.now()) return hit.key
+    return hit !== undefined && hit.expiresAt > Date.now() ? hit.key : undefined
+  }
+
+  const signingKey = Effect.fn("ZoneKeys.signingKey")(function*(zoneId: string) {
+    const cached = cachedSigningKey(zoneId)
+    if (cached !== undefined) return cached
+    const hit = cache.get(zoneId)
     if (hit !== undefined) cache.delete(zoneId)
     const token = Symbol(zoneId)
     loading.set(zoneId, token)
@@ -303,6 +315,7 @@ const make = Effect.gen(function*() {
     ensureZone,
     rotate,
     signingKey,
+    cachedSigningKey,
     signingKeyOrProvision,
     jwks,
     jwksOrProvision,

@@ -102,7 +102,11 @@ export const TokenRoutes = HttpRouter.use((router) =>
 
 /** The shared context with the zone keys and the policy engine the exchange signs and decides with. */
 export const exchangeContextWith = <K, P>(
-  keys: Effect.Effect<{ readonly signingKeyOrProvision: (z: string) => Effect.Effect<ExchangeSigningKey | undefined, unknown>; readonly jwks: (z: string) => Effect.Effect<ReadonlyArray<JWK>, unknown> }, never, K>,
+  keys: Effect.Effect<{
+    readonly cachedSigningKey: (z: string) => ExchangeSigningKey | undefined
+    readonly signingKeyOrProvision: (z: string) => Effect.Effect<ExchangeSigningKey | undefined, unknown>
+    readonly jwks: (z: string) => Effect.Effect<ReadonlyArray<JWK>, unknown>
+  }, never, K>,
   policy: Effect.Effect<{ readonly decide: (z: string, input: unknown) => Effect.Effect<Decision, unknown> }, never, P>
 ) =>
   exchangeContext(Effect.gen(function*() {
@@ -116,7 +120,11 @@ export const exchangeContextWith = <K, P>(
     }
     const unavailable = (what: string) => (cause: unknown) => new Error(`${what}: ${String(cause)}`)
     return {
-      signingKey: (z: string) => run(k.signingKeyOrProvision(z), unavailable("zone key")),
+      // a cached key without running an effect: most exchanges are cache hits
+      signingKey: (z: string) => {
+        const cached = k.cachedSigningKey(z)
+        return cached !== undefined ? Promise.resolve(cached) : run(k.signingKeyOrProvision(z), unavailable("zone key"))
+      },
       publishedKeys: (z: string) => run(k.jwks(z), unavailable("zone keys")),
       decide: (z: string, input: unknown) => run(p.decide(z, input), () => new PolicyUnavailableError("policy engine"))
     } satisfies TokenParts
