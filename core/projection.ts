@@ -93,12 +93,16 @@ const lockCheckpoints = async (trx: Transaction<Tables>, projection: string, ite
   await sql`insert into projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
     select ${projection}, k.t, k.i, 0 from unnest(${types}::text[], ${ids}::text[]) as k(t, i)
     on conflict do nothing`.execute(trx)
+  // One index lookup per key, in key order (locks are taken in that order, as every batch
+  // takes them): a join let the planner read every checkpoint of the projection instead when
+  // its statistics lagged behind a growing table (34 ms per batch at 100,000 aggregates).
   const { rows } = await sql<{ aggregate_type: string; aggregate_id: string; sequence: number }>`
-    select c.aggregate_type, c.aggregate_id, c.sequence from projection_checkpoints c
-    join unnest(${types}::text[], ${ids}::text[]) as k(t, i) on c.aggregate_type = k.t and c.aggregate_id = k.i
-    where c.projection = ${projection}
-    order by c.aggregate_type, c.aggregate_id
-    for update of c`.execute(trx)
+    select c.aggregate_type, c.aggregate_id, c.sequence
+    from (select t, i from unnest(${types}::text[], ${ids}::text[]) as k(t, i) order by t, i) as k
+    cross join lateral (
+      select aggregate_type, aggregate_id, sequence from projection_checkpoints
+      where projection = ${projection} and aggregate_type = k.t and aggregate_id = k.i
+      for update) as c`.execute(trx)
   return new Map(rows.map((c) => [keyOf(c.aggregate_type, c.aggregate_id), c.sequence]))
 }
 
