@@ -7,12 +7,12 @@
 // the rest of its text is kept as 0009 wrote it (replaced in place, and refused if not found).
 import { type Kysely, sql } from "kysely"
 
-const BY_JOIN = `delete from events where id in (
+export const BY_JOIN = `delete from events where id in (
         select e.id from jsonb_array_elements(members) with ordinality as t(mem, ord),
           jsonb_to_recordset(t.mem->'events') as e(id uuid)
         where failed ? t.ord::text);`
 
-const BY_INDEX = `delete from events where id = any(array(
+export const BY_INDEX = `delete from events where id = any(array(
         select e.id from jsonb_array_elements(members) with ordinality as t(mem, ord),
           jsonb_to_recordset(t.mem->'events') as e(id uuid)
         where failed ? t.ord::text));`

@@ -9,6 +9,7 @@ import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { makeDatabase, makeKysely } from "../../core/db/database.ts"
 import { backboneMigrationFolder, FoldersMigrationProvider, migrateToLatest, migrationFolders } from "../../core/db/migrate.ts"
+import { BY_INDEX, BY_JOIN } from "../../core/migrations/0018_write_group_undo_by_index.ts"
 import { repoRoot } from "../../core/stack-env.ts"
 import { emptyDatabase, stackEnv, startService, type TestDatabase, waitFor } from "../../core/testing/index.ts"
 
@@ -107,5 +108,47 @@ describe("the migration folders", () => {
       await empty.drop()
       rmSync(tmp, { recursive: true, force: true })
     }
+  })
+})
+
+describe("migrations 0017 and 0018 (a group's refused members' events taken back through indexes)", () => {
+  let fresh: TestDatabase
+  let database: ReturnType<typeof makeDatabase>
+  beforeAll(async () => {
+    fresh = await emptyDatabase("migrate_0017")
+    database = makeDatabase(makeKysely(fresh.url, 2))
+    await Effect.runPromise(migrateToLatest(database, fresh.url))
+  })
+  afterAll(async () => {
+    await database.db.destroy()
+    await fresh.drop()
+  })
+  const definition = async () =>
+    (await query<{ d: string }>(fresh.url, "select pg_get_functiondef('caracal_write_group(jsonb, text[])'::regprocedure) as d"))[0]!.d
+
+  it("0017 indexes outbox.event_position, so a deleted event's foreign-key check reads an index rather than the whole outbox", async () => {
+    const leading = await query<{ column: string }>(fresh.url, `
+      select a.attname as column from pg_index i
+      join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+      where i.indrelid = 'outbox'::regclass and i.indpred is null`)
+    expect(leading.map((r) => r.column)).toContain("event_position")
+  })
+
+  it("0018 replaces that one statement of 0009's function, gives it back when undone, and refuses a function that lacks it", async () => {
+    const upgraded = await definition()
+    expect(upgraded).toContain(BY_INDEX)
+    expect(upgraded).not.toContain(BY_JOIN)
+
+    const migrations = await new FoldersMigrationProvider(migrationFolders()).getMigrations()
+    const m0018 = migrations["0018_write_group_undo_by_index"]!
+    await m0018.down!(database.db)
+    // the function is again exactly what 0009 wrote
+    expect(await definition()).toBe(upgraded.replace(BY_INDEX, BY_JOIN))
+
+    await m0018.up(database.db)
+    expect(await definition()).toBe(upgraded)
+    // a second run finds no statement to replace and refuses rather than doing nothing
+    await expect(m0018.up(database.db)).rejects.toThrow(/does not hold the statement this migration replaces/)
+    expect(await definition()).toBe(upgraded)
   })
 })
