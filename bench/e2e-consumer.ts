@@ -6,7 +6,7 @@
 // appended before it joined. It stops on SIGTERM.
 // Usage: e2e-consumer.ts <database url> <key prefix> <signing key hex>
 import { Redis } from "ioredis"
-import { makeConsumer } from "../core/consumer.ts"
+import { makeConsumer, type ReceivedEvent } from "../core/consumer.ts"
 import { makeDatabase, makeKysely } from "../core/db/database.ts"
 import { applyDeliveredToPostgres } from "../core/projection.ts"
 import { makeKeys } from "../core/redis/keys.ts"
@@ -21,17 +21,16 @@ const redis = new Redis(stackEnv().REDIS_URL)
 const projection = balancesProjection("projected", "projected")
 const wallNow = () => performance.timeOrigin + performance.now()
 
+const apply = async (events: ReadonlyArray<ReceivedEvent>) => {
+  await applyDeliveredToPostgres(database.db, registry, projection, events.map((e) => e.envelope))
+  process.stdout.write(`${JSON.stringify({ at: wallNow(), ids: events.map((e) => e.envelope.id) })}\n`)
+}
+
 const consumer = makeConsumer({
   redis, streams: [keys.stream("account")], group: "projection", registry, verifier: new Verifier([signingKey(Buffer.from(keyHex, "hex"))]),
   deadLetterStream: keys.deadLetters, count: 500, blockMs: 100,
-  handle: async (e) => {
-    await applyDeliveredToPostgres(database.db, registry, projection, [e.envelope])
-    process.stdout.write(`${JSON.stringify({ at: wallNow(), ids: [e.envelope.id] })}\n`)
-  },
-  handleBatch: async (events) => {
-    await applyDeliveredToPostgres(database.db, registry, projection, events.map((e) => e.envelope))
-    process.stdout.write(`${JSON.stringify({ at: wallNow(), ids: events.map((e) => e.envelope.id) })}\n`)
-  }
+  handle: (e) => apply([e]),
+  handleBatch: apply
 })
 const running = consumer.run()
 process.once("SIGTERM", () => {
