@@ -1,16 +1,20 @@
 // A bounded map that forgets its least recently used entry first (a Map keeps insertion
-// order: a hit is moved to the end, the first entry is the oldest).
+// order: a hit is moved to the end, the first entry is the oldest). A hit on the entry that
+// is already last is not moved: on a hot key that would be a delete and a set per read, and a
+// long-lived map that churns keeps its replaced tables' entries alive (core/in-flight.ts).
 export class Lru<K, V> {
   private readonly entries = new Map<K, V>()
   private readonly max: number
+  private newest: K | undefined = undefined
   constructor(max: number) {
     this.max = max
   }
   get(key: K): V | undefined {
     const hit = this.entries.get(key)
-    if (hit !== undefined) {
+    if (hit !== undefined && this.newest !== key) {
       this.entries.delete(key)
       this.entries.set(key, hit)
+      this.newest = key
     }
     return hit
   }
@@ -21,10 +25,12 @@ export class Lru<K, V> {
   set(key: K, value: V) {
     this.entries.delete(key)
     this.entries.set(key, value)
+    this.newest = key
     if (this.entries.size > this.max) this.entries.delete(this.entries.keys().next().value!)
   }
   delete(key: K) {
     this.entries.delete(key)
+    if (this.newest === key) this.newest = undefined
   }
   get size(): number {
     return this.entries.size

@@ -90,6 +90,9 @@ export const makeJwksCache = (options: JwksCacheOptions) => {
   const base = options.baseUrl.replace(/\/+$/, "")
   const known = new Map<string, KnownZone>()
   const unknown = new Map<string, number>()
+  // the zone refreshed last: moving it to the end again would only churn the map, and a
+  // long-lived map that churns keeps its replaced tables' entries alive (core/in-flight.ts)
+  let newest: string | undefined
   const inflight = new Map<string, Promise<FetchOutcome>>()
   const bucket = makeTokenBucket(options.fetchesPerSecond, options.fetchBurst, options.now)
   let fetches = 0
@@ -148,6 +151,7 @@ export const makeJwksCache = (options: JwksCacheOptions) => {
 
   const rememberUnknown = (zone: string) => {
     known.delete(zone)
+    if (newest === zone) newest = undefined
     unknown.delete(zone)
     unknown.set(zone, options.now() + options.unknownZoneTtlMs)
     while (unknown.size > options.maxUnknownZones) unknown.delete(unknown.keys().next().value as string)
@@ -157,6 +161,7 @@ export const makeJwksCache = (options: JwksCacheOptions) => {
     unknown.delete(zone)
     known.delete(zone)
     known.set(zone, { keys: fetched.keys, kids: fetched.kids, fetchedAt: at, attemptedAt: at })
+    newest = zone
     while (known.size > options.maxZones) known.delete(known.keys().next().value as string)
   }
 
@@ -191,8 +196,11 @@ export const makeJwksCache = (options: JwksCacheOptions) => {
     const fresh = cached !== undefined && t - cached.fetchedAt < options.cacheMaxAgeMs
     if (cached && fresh) {
       // least recently used first
-      known.delete(zone)
-      known.set(zone, cached)
+      if (newest !== zone) {
+        known.delete(zone)
+        known.set(zone, cached)
+        newest = zone
+      }
       // an unknown kid may be a rotation: look again, but not more often than the cooldown
       if (cached.kids.has(kid) || t - cached.attemptedAt < options.cooldownMs) return { _tag: "Keys", keys: cached.keys }
     }

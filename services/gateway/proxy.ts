@@ -22,6 +22,7 @@ import https from "node:https"
 import type { AuditRecord } from "../../schemas/audit-record.ts"
 import { ANY_ZONE, AuthError, type MandateVerifier, parseBearer, type Mandate } from "../../core/mandate/verify.ts"
 import { requestIdOf } from "../../core/http/server.ts"
+import { InFlight } from "../../core/in-flight.ts"
 import type { Directory } from "../api/directory.ts"
 import { CredentialUnavailable, type CredentialCache, type Injected } from "./credentials.ts"
 import type { Claim, ReplayGuard } from "./replay.ts"
@@ -250,10 +251,10 @@ const names = (f: Flight, kind: RevokedKind, id: string): boolean => {
 const delegationPathOf = (m: Mandate): ReadonlyArray<string> => m.delegationPath ?? []
 
 export const makeProxy = (deps: GatewayDeps) => {
-  const flights = new Set<Flight>()
+  const flights = new InFlight<Flight>()
   deps.revocations.onRevoked((kind, id) => {
     if (kind === "credential") deps.credentials.drop(id)
-    for (const f of flights) if (names(f, kind, id)) f.cut()
+    for (const f of flights.snapshot()) if (names(f, kind, id)) f.cut()
   })
 
   /** Everything up to the upstream call: the decision, or a refusal. */
@@ -476,11 +477,11 @@ export const makeProxy = (deps: GatewayDeps) => {
         else send(res, requestId, deny(403, "forbidden", "revoked while in flight", "revoked_in_flight"))
       }
     }
-    flights.add(flight)
+    const registered = flights.add(flight)
     const done = () => {
       finished = true
       clearTimeout(timer)
-      flights.delete(flight)
+      registered.remove()
     }
     res.on("close", () => {
       if (!res.writableFinished) upstream.destroy()

@@ -5,6 +5,7 @@
 // request refused for its rate does not use up its mandate: one round trip decides both.
 // Redis unreachable → the caller refuses (fail closed): a check that cannot run must not pass.
 import type { Redis } from "ioredis"
+import { luaScript } from "../../core/redis/script.ts"
 
 export type Claim = "fresh" | "replay" | "rate_limited"
 
@@ -79,17 +80,12 @@ export interface ReplayGuard {
   readonly cache: JtiCache
 }
 
-interface ClaimingRedis extends Redis {
-  caracalClaim(budget: string, jti: string, perMinute: number, ttlMs: number): Promise<number>
-  caracalClaimAndRecord(budget: string, jti: string, stream: string, ...args: Array<string | number>): Promise<number>
-}
+const claimScript = luaScript<number>(CLAIM)
+const claimAndRecordScript = luaScript<number>(CLAIM_AND_RECORD)
 
 const outcomeOf = (answer: number): Claim => (answer === -1 ? "rate_limited" : answer === 1 ? "fresh" : "replay")
 
 export const makeReplayGuard = (limits: Redis, jtiKey: (jti: string) => string, capacity: number, now: () => number = Date.now): ReplayGuard => {
-  const redis = limits as ClaimingRedis
-  if (typeof redis.caracalClaim !== "function") redis.defineCommand("caracalClaim", { numberOfKeys: 2, lua: CLAIM })
-  if (typeof redis.caracalClaimAndRecord !== "function") redis.defineCommand("caracalClaimAndRecord", { numberOfKeys: 3, lua: CLAIM_AND_RECORD })
   const ownDb = limits.options.db ?? 0
   const cache = new JtiCache(capacity)
   // the clock tolerance lets a mandate be used a little past exp: keep its claim as long
@@ -103,7 +99,7 @@ export const makeReplayGuard = (limits: Redis, jtiKey: (jti: string) => string, 
       const t = now()
       if (cache.has(jti, t)) return "replay"
       const ttl = ttlOf(expiresAtMs, t)
-      const claim = outcomeOf(await redis.caracalClaim(budgetKey, jtiKey(jti), perMinute, ttl))
+      const claim = outcomeOf(await claimScript(limits, [budgetKey, jtiKey(jti)], [perMinute, ttl]))
       remember(jti, claim, t + ttl)
       return claim
     },
@@ -111,7 +107,7 @@ export const makeReplayGuard = (limits: Redis, jtiKey: (jti: string) => string, 
       const t = now()
       if (cache.has(jti, t)) return { claim: "replay", recorded: false }
       const ttl = ttlOf(expiresAtMs, t)
-      const claim = outcomeOf(await redis.caracalClaimAndRecord(budgetKey, jtiKey(jti), record.stream, perMinute, ttl, record.db, ownDb, ...record.fields))
+      const claim = outcomeOf(await claimAndRecordScript(limits, [budgetKey, jtiKey(jti), record.stream], [perMinute, ttl, record.db, ownDb, ...record.fields]))
       remember(jti, claim, t + ttl)
       return { claim, recorded: claim === "fresh" }
     }

@@ -2,6 +2,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { testRedis, type TestRedis } from "../../core/testing/index.ts"
 import { countInWindow } from "../../core/redis/window-count.ts"
+import { luaScript } from "../../core/redis/script.ts"
 import { until } from "../fixtures/harness.ts"
 
 let r: TestRedis
@@ -38,5 +39,19 @@ describe("a fixed-window counter", () => {
     const key = r.keys.key("window", "c")
     const counts = await Promise.all(Array.from({ length: 50 }, () => countInWindow(r.redis, key, 60)))
     expect([...counts].sort((a, b) => a - b)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1))
+  })
+
+  it("runs again after the server has forgotten its scripts, and a script's own error still fails the call", async () => {
+    const key = r.keys.key("window", "d")
+    expect(await countInWindow(r.redis, key, 60)).toBe(1)
+    // a restart or a SCRIPT FLUSH empties the script cache: EVALSHA answers NOSCRIPT, the
+    // call falls back to EVAL (which loads it again) and counts once, not twice
+    await r.redis.script("FLUSH")
+    expect(await countInWindow(r.redis, key, 60)).toBe(2)
+    expect(await countInWindow(r.redis, key, 60)).toBe(3)
+    const failing = luaScript<number>("return redis.error_reply('BOOM ' .. KEYS[1])")
+    await expect(failing(r.redis, [key], [])).rejects.toThrow(/BOOM/)
+    await r.redis.script("FLUSH")
+    await expect(failing(r.redis, [key], [])).rejects.toThrow(/BOOM/)
   })
 })
