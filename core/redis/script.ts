@@ -1,16 +1,29 @@
 // A Lua script on a hot path: EVALSHA, and EVAL once when the server does not have the script
 // (after a restart or a SCRIPT FLUSH), which also loads it for the next calls.
 //
-// Not ioredis's defineCommand: its script command wraps each call's reject in a function
-// assigned to a property, and V8 allocates such a function straight in old space. Until the
-// next full collection that function keeps the call's command and arguments reachable, so
-// every scavenge copied and promoted the arguments of every call made since the last one (on
-// the gateway, each allowed call's audit record: a third of what its scavenges promoted).
+// Why not ioredis's defineCommand, and why the command's arguments are dropped once it has
+// answered: ioredis assigns a function literal to a property of each command (its reject
+// wrapper; defineCommand's script command adds a second one), and V8 allocates a function
+// written that way straight in old space. Until the next full collection it keeps the
+// command reachable, and minor collections copied and promoted each call's arguments — on the
+// gateway, every allowed call's audit record. With the arguments dropped, what stays behind
+// is the small command object itself.
 // Pipelines keep defineCommand (relay-fence.ts): one script call per batch, not per request.
 import { createHash } from "node:crypto"
-import type { Redis } from "ioredis"
+import { Command, type Redis } from "ioredis"
 
 const isNoScript = (e: unknown) => e instanceof Error && e.message.startsWith("NOSCRIPT")
+
+const NO_ARGS: Array<string> = []
+
+const send = async <A>(redis: Redis, name: "evalsha" | "eval", script: string, keys: ReadonlyArray<string>, args: ReadonlyArray<string | number>) => {
+  const command = new Command(name, [script, keys.length, ...keys, ...args], { replyEncoding: "utf8" })
+  try {
+    return (await redis.sendCommand(command)) as A
+  } finally {
+    command.args = NO_ARGS
+  }
+}
 
 export type LuaScript<A> = (redis: Redis, keys: ReadonlyArray<string>, args: ReadonlyArray<string | number>) => Promise<A>
 
@@ -18,7 +31,5 @@ export type LuaScript<A> = (redis: Redis, keys: ReadonlyArray<string>, args: Rea
 export const luaScript = <A>(lua: string): LuaScript<A> => {
   const sha = createHash("sha1").update(lua).digest("hex")
   return (redis, keys, args) =>
-    (redis.evalsha(sha, keys.length, ...keys, ...args) as Promise<A>).catch((e: unknown) =>
-      isNoScript(e) ? (redis.eval(lua, keys.length, ...keys, ...args) as Promise<A>) : Promise.reject(e)
-    )
+    send<A>(redis, "evalsha", sha, keys, args).catch((e: unknown) => isNoScript(e) ? send<A>(redis, "eval", lua, keys, args) : Promise.reject(e))
 }
