@@ -5,7 +5,8 @@
 // script, atomic in Redis, compares the caller's epoch with the highest epoch recorded beside
 // the stream and appends only if it is not lower; a successor's first publish raises the
 // recorded epoch, and from then on the stale leader's appends to that stream are refused.
-import type { Redis } from "ioredis"
+import { createHash } from "node:crypto"
+import { Command, type Redis } from "ioredis"
 import { fenceKey } from "./redis/keys.ts"
 
 // KEYS[1] stream, KEYS[2] its fence; ARGV[1] epoch, then per entry: field count, fields...
@@ -26,16 +27,9 @@ end
 return out
 `
 
-type FencedRedis = Redis & {
-  fencedXadd(stream: string, fence: string, ...args: Array<string | number>): Promise<Array<string>>
-}
-
-const withScript = (redis: Redis): FencedRedis => {
-  const r = redis as FencedRedis
-  // defineCommand sends EVALSHA and falls back to EVAL once after a server restart
-  if (typeof r.fencedXadd !== "function") redis.defineCommand("fencedXadd", { numberOfKeys: 2, lua: SCRIPT })
-  return r
-}
+const SHA = createHash("sha1").update(SCRIPT).digest("hex")
+const NO_ARGS: Array<string> = []
+const isNoScript = (e: unknown) => e instanceof Error && e.message.startsWith("NOSCRIPT")
 
 /** Another leader has published to this stream under a later epoch: this relay has lost its lease. */
 export const isFenced = (e: unknown) => e instanceof Error && e.message.startsWith("FENCED")
@@ -45,16 +39,41 @@ export interface FencedBatch {
   readonly entries: ReadonlyArray<ReadonlyArray<string>>
 }
 
-/**
- * Queues one fenced append per stream on a pipeline; the reply for each is an array of
- * entry ids or "ERR …" strings in entry order, or a FENCED error for the whole stream.
- */
-export const queueFenced = (redis: Redis, pipeline: ReturnType<Redis["pipeline"]>, epoch: bigint, batch: FencedBatch) => {
-  withScript(redis)
-  const args: Array<string> = [epoch.toString()]
-  for (const fields of batch.entries) args.push(String(fields.length), ...fields)
-  ;(pipeline as unknown as FencedRedis).fencedXadd(batch.stream, fenceKey(batch.stream), ...args)
-}
+export type FencedReply = [error: Error | null, reply: unknown]
 
-/** Ensures the script command exists on a client (pipelines inherit defined commands). */
-export const prepareFence = (redis: Redis) => void withScript(redis)
+/**
+ * One fenced append per batch, in one pipeline. The reply for each batch, in batch order: an
+ * array of entry ids or "ERR …" strings in entry order, or an error (FENCED for the whole
+ * stream). Rejects when Redis does not answer.
+ *
+ * By EVALSHA, and by EVAL for the batches the server answered NOSCRIPT (after a restart or a
+ * SCRIPT FLUSH; the EVALSHA did not run, so nothing is appended twice). The commands' arguments
+ * — every entry of the batch — are dropped once they have answered: an ioredis command stays
+ * reachable from an old-space closure until the next full collection (see redis/script.ts).
+ */
+export const publishFenced = async (redis: Redis, epoch: bigint, batches: ReadonlyArray<FencedBatch>): Promise<Array<FencedReply>> => {
+  const argsOf = (batch: FencedBatch) => {
+    const args: Array<string | number> = [2, batch.stream, fenceKey(batch.stream), epoch.toString()]
+    for (const fields of batch.entries) args.push(String(fields.length), ...fields)
+    return args
+  }
+  const send = async (name: "evalsha" | "eval", script: string, which: ReadonlyArray<number>) => {
+    // ioredis's Pipeline has sendCommand (it queues the command); its chainable type does not say so
+    const pipeline = redis.pipeline() as ReturnType<Redis["pipeline"]> & { sendCommand(command: Command): unknown }
+    const commands = which.map((i) => new Command(name, [script, ...argsOf(batches[i]!)], { replyEncoding: "utf8" }))
+    for (const c of commands) pipeline.sendCommand(c)
+    try {
+      return ((await pipeline.exec()) ?? []) as Array<FencedReply>
+    } finally {
+      for (const c of commands) c.args = NO_ARGS
+    }
+  }
+  const all = batches.map((_, i) => i)
+  const results = await send("evalsha", SHA, all)
+  const unknown = all.filter((i) => isNoScript(results[i]?.[0]))
+  if (unknown.length > 0) {
+    const again = await send("eval", SCRIPT, unknown)
+    unknown.forEach((i, j) => (results[i] = again[j] ?? [new Error("no reply"), null]))
+  }
+  return batches.map((_, i) => results[i] ?? [new Error("no reply"), null])
+}

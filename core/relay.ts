@@ -20,7 +20,7 @@ import pg from "pg"
 import type { Envelope } from "../schemas/envelope.ts"
 import { randomUUID } from "node:crypto"
 import { OUTBOX_CHANNEL, outboxSignal } from "./outbox-signal.ts"
-import { type FencedBatch, isFenced, prepareFence, queueFenced } from "./relay-fence.ts"
+import { isFenced, publishFenced } from "./relay-fence.ts"
 import { acquireLease, type Lease, releaseLease, renewLease } from "./relay-lease.ts"
 import type { DatabaseShape } from "./db/database.ts"
 import { type EventRow, OCCURRED_AT_ISO, toEnvelope } from "./eventstore.ts"
@@ -129,7 +129,6 @@ export const makeRelay = (opts: RelayOptions): Relay => {
   }
   const leaseMs = opts.leaseMs ?? DEFAULT_LEASE_MS
   const holder = `${opts.producer}:${randomUUID()}`
-  prepareFence(opts.redis)
 
   /** One batch under the lease's epoch; returns how many rows it handled (0 = nothing due). */
   const tick = async (lease: Lease): Promise<number> => {
@@ -144,20 +143,16 @@ export const makeRelay = (opts: RelayOptions): Relay => {
       else byStream.set(r.stream, [r])
     }
     const batches = [...byStream.entries()]
-    const pipeline = opts.redis.pipeline()
-    for (const [stream, streamRows] of batches) {
-      const batch: FencedBatch = { stream, entries: streamRows.map((r) => entryFields(stream, toEnvelope(r), opts.signer)) }
-      queueFenced(opts.redis, pipeline, lease.epoch, batch)
-    }
+    const fenced = batches.map(([stream, streamRows]) => ({ stream, entries: streamRows.map((r) => entryFields(stream, toEnvelope(r), opts.signer)) }))
     // Redis unreachable throws here: not the rows' fault, so no attempt is charged; the loop backs off
     stats.phase = "publish"
-    const results = await pipeline.exec()
+    const results = await publishFenced(opts.redis, lease.epoch, fenced)
     const sent: Array<string> = []
     const failed: Array<{ id: string; attempts: number; error: string }> = []
-    let fenced = false
+    let lost = false
     batches.forEach(([, streamRows], i) => {
-      const [err, reply] = results?.[i] ?? [new Error("no reply"), null]
-      if (err && isFenced(err)) fenced = true
+      const [err, reply] = results[i]!
+      if (err && isFenced(err)) lost = true
       else if (err && isReplyError(err)) for (const r of streamRows) failed.push({ id: r.outbox_id, attempts: r.attempts, error: err.message })
       else if (err) throw err
       else {
@@ -172,7 +167,7 @@ export const makeRelay = (opts: RelayOptions): Relay => {
     // what was appended under a still-valid epoch is published, whoever leads now
     stats.phase = "mark"
     await markSent(opts.database, sent)
-    if (fenced) throw new LostLeadership(`epoch ${lease.epoch} fenced off`)
+    if (lost) throw new LostLeadership(`epoch ${lease.epoch} fenced off`)
     await markFailed(opts.database, failed, opts.maxAttempts)
     stats.published += sent.length
     stats.failed += failed.length

@@ -150,3 +150,22 @@ describe("when the database is recreated but Redis keeps the fence of the old on
     }
   })
 })
+
+describe("when Redis has forgotten the fencing script (a restart, a SCRIPT FLUSH)", () => {
+  it("publishes at once with the script sent again, and charges no row a failed attempt", async () => {
+    const relay = h.relay()
+    const running = relay.run()
+    try {
+      await h.run("before-flush", { _tag: "Open", owner: "b" })
+      await until(async () => (await streamEvents(h.redis.redis, h.stream)).some((e) => e.aggregate.id === "before-flush"), 10_000, "published")
+      await h.redis.redis.script("FLUSH")
+      await h.run("after-flush", { _tag: "Open", owner: "a" })
+      await until(async () => (await streamEvents(h.redis.redis, h.stream)).some((e) => e.aggregate.id === "after-flush"), 10_000, "published after the flush")
+      const errors = await sql<{ n: string }>`select count(*) as n from outbox where last_error is not null`.execute(h.db.database.db)
+      expect(Number(errors.rows[0]!.n)).toBe(0)
+    } finally {
+      relay.stop()
+      await running
+    }
+  })
+})
