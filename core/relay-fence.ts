@@ -5,9 +5,9 @@
 // script, atomic in Redis, compares the caller's epoch with the highest epoch recorded beside
 // the stream and appends only if it is not lower; a successor's first publish raises the
 // recorded epoch, and from then on the stale leader's appends to that stream are refused.
-import { createHash } from "node:crypto"
 import { Command, type Redis } from "ioredis"
 import { fenceKey } from "./redis/keys.ts"
+import { dropArgs, isNoScript, scriptSha } from "./redis/script.ts"
 
 // KEYS[1] stream, KEYS[2] its fence; ARGV[1] epoch, then per entry: field count, fields...
 // Each XADD's failure is returned, not raised: a script error would drop the entries after it.
@@ -27,9 +27,7 @@ end
 return out
 `
 
-const SHA = createHash("sha1").update(SCRIPT).digest("hex")
-const NO_ARGS: Array<string> = []
-const isNoScript = (e: unknown) => e instanceof Error && e.message.startsWith("NOSCRIPT")
+const SHA = scriptSha(SCRIPT)
 
 /** Another leader has published to this stream under a later epoch: this relay has lost its lease. */
 export const isFenced = (e: unknown) => e instanceof Error && e.message.startsWith("FENCED")
@@ -65,7 +63,7 @@ export const publishFenced = async (redis: Redis, epoch: bigint, batches: Readon
     try {
       return ((await pipeline.exec()) ?? []) as Array<FencedReply>
     } finally {
-      for (const c of commands) c.args = NO_ARGS
+      dropArgs(commands)
     }
   }
   const all = batches.map((_, i) => i)
