@@ -7,6 +7,7 @@ import { Redis } from "ioredis"
 import { v7 as uuidv7 } from "uuid"
 import { type AuditRecord, AuditRecord as AuditRecordSchema } from "../schemas/audit-record.ts"
 import { ServiceConfig } from "./config/load.ts"
+import { sendReleasing } from "./redis/command.ts"
 import { type Keys, makeKeys } from "./redis/keys.ts"
 import { sign, type SigningKey, signingKey } from "./signing.ts"
 
@@ -49,7 +50,8 @@ export const makeAuditLog = (redis: Redis, keys: Keys, signer: SigningKey | unde
         const record: AuditRecord = { ...partial, id: partial.id ?? uuidv7(), occurred_at: partial.occurred_at ?? new Date().toISOString() }
         const fields = fieldsOf(record, stream, signer)
         yield* Effect.tryPromise({
-          try: () => redis.xadd(stream, "*", ...fields),
+          // the record's fields are released once Redis has answered (redis/command.ts)
+          try: () => sendReleasing<string>(redis, "xadd", [stream, "*", ...fields]),
           catch: (cause) => new AuditUnavailable({ cause })
         }).pipe(
           Effect.timeoutOrElse({ duration: `${APPEND_TIMEOUT_MS} millis`, orElse: () => Effect.fail(new AuditUnavailable({ cause: "timeout" })) })

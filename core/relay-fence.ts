@@ -5,9 +5,10 @@
 // script, atomic in Redis, compares the caller's epoch with the highest epoch recorded beside
 // the stream and appends only if it is not lower; a successor's first publish raises the
 // recorded epoch, and from then on the stale leader's appends to that stream are refused.
-import { Command, type Redis } from "ioredis"
+import type { Command, Redis } from "ioredis"
 import { fenceKey } from "./redis/keys.ts"
-import { dropArgs, isNoScript, scriptSha } from "./redis/script.ts"
+import { dropArgs, utf8Command } from "./redis/command.ts"
+import { isNoScript, scriptSha } from "./redis/script.ts"
 
 // KEYS[1] stream, KEYS[2] its fence; ARGV[1] epoch, then per entry: field count, fields...
 // Each XADD's failure is returned, not raised: a script error would drop the entries after it.
@@ -47,7 +48,7 @@ export type FencedReply = [error: Error | null, reply: unknown]
  * By EVALSHA, and by EVAL for the batches the server answered NOSCRIPT (after a restart or a
  * SCRIPT FLUSH; the EVALSHA did not run, so nothing is appended twice). The commands' arguments
  * — every entry of the batch — are dropped once they have answered: an ioredis command stays
- * reachable from an old-space closure until the next full collection (see redis/script.ts).
+ * reachable from an old-space closure until the next full collection (see redis/command.ts).
  */
 export const publishFenced = async (redis: Redis, epoch: bigint, batches: ReadonlyArray<FencedBatch>): Promise<Array<FencedReply>> => {
   const argsOf = (batch: FencedBatch) => {
@@ -58,7 +59,7 @@ export const publishFenced = async (redis: Redis, epoch: bigint, batches: Readon
   const send = async (name: "evalsha" | "eval", script: string, which: ReadonlyArray<number>) => {
     // ioredis's Pipeline has sendCommand (it queues the command); its chainable type does not say so
     const pipeline = redis.pipeline() as ReturnType<Redis["pipeline"]> & { sendCommand(command: Command): unknown }
-    const commands = which.map((i) => new Command(name, [script, ...argsOf(batches[i]!)], { replyEncoding: "utf8" }))
+    const commands = which.map((i) => utf8Command(name, [script, ...argsOf(batches[i]!)]))
     for (const c of commands) pipeline.sendCommand(c)
     try {
       return ((await pipeline.exec()) ?? []) as Array<FencedReply>
