@@ -72,7 +72,7 @@ export const publishFenced = async (redis: Redis, epoch: bigint, batches: Readon
   const unknown = all.filter((i) => isNoScript(results[i]?.[0]))
   if (unknown.length > 0) {
     const again = await send("eval", SCRIPT, unknown)
-    unknown.forEach((i, j) => (results[i] = again[j] ?? [new Error("no reply"), null]))
+    unknown.forEach((i, j) => (results[i] = again[j]!))
   }
   return batches.map((_, i) => results[i] ?? [new Error("no reply"), null])
 }

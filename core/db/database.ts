@@ -20,8 +20,10 @@ export class DbError extends Schema.TaggedError<DbError>()("DbError", { cause: S
 class ReleasingClient extends pg.Client {
   override query(...args: Array<unknown>): any {
     const [config, values, callback] = args
+    const c = config as { submit?: unknown; callback?: unknown } | null
+    // a query object, or a callback anywhere (argument or config): pg's own path, untouched
     const promiseForm = callback === undefined && typeof values !== "function" &&
-      typeof (config as { submit?: unknown } | null)?.submit !== "function"
+      typeof c?.submit !== "function" && typeof c?.callback !== "function"
     const query = super.query as (...a: Array<unknown>) => unknown
     if (!promiseForm) return query.apply(this, args)
     return new Promise((resolve, reject) => {
