@@ -90,11 +90,24 @@ const opa = stackEnv().OPA_URL
 const { privateKey } = await generateKeyPair("ES256")
 const redis = new Redis(stackEnv().REDIS_URL)
 const scratch = `bench:${randomBytes(4).toString("hex")}:{audit}:events`
-const input = { zone_id: zone, action: { use: "per_call", scopes: ["read"] }, resource: { identifier: "api" } }
+// the input the sts sends for these exchanges (exchange.ts), so OPA parses and evaluates the same document
+const decisionInput = () => {
+  const r = { identifier: "api", id: resource.id, scopes: ["read", "write"] }
+  return {
+    zone_id: zone,
+    principal: { application_id: app.id, client_id: app.id, user_id: app.id, agent_session_id: null, delegation_edge_id: null, traits: [] },
+    resource: r,
+    resources: [r],
+    action: { use: "per_call", scopes: ["read"] },
+    session: null,
+    delegation: null,
+    context: { time: new Date().toISOString(), request_id: randomBytes(16).toString("hex"), grant_type: "urn:ietf:params:oauth:grant-type:token-exchange" }
+  }
+}
 const opaClient = makeOpa(opa)
 const irreducible = async () => {
   // the sts's own OPA client (the same HTTP client and pool the exchange uses)
-  const r = await opaClient.evaluate(decisionPath(zone), input, AbortSignal.timeout(5000))
+  const r = await opaClient.evaluate(decisionPath(zone), decisionInput(), AbortSignal.timeout(5000))
   if (!(r.body as { result?: { allow?: boolean } }).result?.allow) throw new Error("the ceiling's decision did not allow")
   const jwt = await new SignJWT({ scope: "read", zone_id: zone }).setProtectedHeader({ alg: "ES256", kid: "k" }).setIssuedAt().setExpirationTime("15m")
     .setJti(randomBytes(18).toString("base64url")).sign(privateKey)

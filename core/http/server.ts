@@ -86,6 +86,13 @@ const duration = Metric.histogram("http_request_duration_seconds", {
   boundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
 })
 
+/** Counts a request a Front handler answered in the kernel's request metrics, as the router's are counted. */
+export const observeRequest = (service: string, method: string, status: number, seconds: number): void =>
+  Effect.runSync(Effect.andThen(
+    Metric.update(Metric.withAttributes(requests, { service, method, status: String(status) }), 1),
+    Metric.update(Metric.withAttributes(duration, { service }), seconds)
+  ))
+
 /** Wraps the router: the only place where errors, ids, limits, logs and metrics are handled. */
 export const withKernel = <E, R>(
   app: Effect.Effect<Res.HttpServerResponse, E, R>,

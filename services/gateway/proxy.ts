@@ -22,6 +22,7 @@ import https from "node:https"
 import type { AuditRecord } from "../../schemas/audit-record.ts"
 import { ANY_ZONE, AuthError, type MandateVerifier, parseBearer, type Mandate } from "../../core/mandate/verify.ts"
 import { requestIdOf } from "../../core/http/server.ts"
+import { traceIdOf } from "../../core/http/trace-context.ts"
 import { InFlight } from "../../core/in-flight.ts"
 import type { Directory } from "../api/directory.ts"
 import { CredentialUnavailable, type CredentialCache, type Injected } from "./credentials.ts"
@@ -149,12 +150,6 @@ const responseHeaders = (res: http.IncomingMessage) => {
     out[name] = value
   }
   return out
-}
-
-/** W3C trace context: the trace id of a well-formed traceparent, for the audit record. */
-const traceIdOf = (traceparent: string | Array<string> | undefined): string | null => {
-  const m = typeof traceparent === "string" ? /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(traceparent.trim()) : null
-  return m === null || /^0+$/.test(m[1]!) ? null : m[1]!
 }
 
 const IDENTIFIER = /^[A-Za-z0-9._:@~-]{1,200}$/

@@ -11,7 +11,7 @@ import { InternalRoutes, stsErrors } from "./internal.ts"
 import { keyErrors, KeyRoutes } from "./key-routes.ts"
 import { ZoneKeys } from "./keys.ts"
 import { CredentialReseal, ReleaseRoutes } from "./release.ts"
-import { DirectoryConsumer, exchangeContextWith, StsAuditLog, StsDirectory, TokenRoutes } from "./token-layer.ts"
+import { DirectoryConsumer, exchangeContextWith, StsAuditLog, StsDirectory, TokenFront } from "./token-layer.ts"
 import { DecideRoutes, PolicyEngine } from "./policy-engine.ts"
 import { policySyncLayer } from "./policy-sync.ts"
 
@@ -20,7 +20,9 @@ import { policySyncLayer } from "./policy-sync.ts"
 const Exchange = exchangeContextWith(Effect.service(ZoneKeys), Effect.service(PolicyEngine)).pipe(
   Layer.provide([ZoneKeys.layer, PolicyEngine.layer, StsDirectory.layer, StsAuditLog])
 )
-const ExchangeRoutes = Layer.mergeAll(TokenRoutes, ReleaseRoutes).pipe(Layer.provide(Exchange))
+const ExchangeRoutes = ReleaseRoutes.pipe(Layer.provide(Exchange))
+// the token endpoint, the hot path, is a plain Node handler in front of the router (token-route.ts)
+const TokenEndpoint = TokenFront.pipe(Layer.provide(Exchange))
 
 /** The sts's producer: zone key events on caracal:{zone_key}:events. */
 export const stsProducer: ProducerDefinition = { name: "sts", registry: events, streams: (keys) => (e) => [keys.stream(e.aggregateType)] }
@@ -40,6 +42,7 @@ if (import.meta.main) {
       // credentials sealed under ZONE_KEK_PREVIOUS: re-sealed under ZONE_KEK
       CredentialReseal
     ),
+    front: TokenEndpoint,
     mapError: (e) => stsErrors(e) ?? keyErrors(e),
     // OPA unreachable means every exchange would be denied: the STS is not ready without it
     readyChecksFrom: (vars) => [{ name: "opa", check: httpProbe(`${vars.OPA_URL}/health`) }]

@@ -34,6 +34,7 @@ import { HttpRouter, HttpServerRequest as Req, HttpServerResponse as Res } from 
 import { loadSpec } from "../../core/config/load.ts"
 import { Database, type DatabaseShape } from "../../core/db/database.ts"
 import { RequestId } from "../../core/http/server.ts"
+import { traceIdOf } from "../../core/http/trace-context.ts"
 import { requireSignedCall, serviceHmacKeys } from "../../core/internal-call.ts"
 import { RedisClient } from "../../core/redis/redis.ts"
 import type { AuditRecord } from "../../schemas/audit-record.ts"
@@ -179,7 +180,6 @@ export const decideRelease = (
   })
 
 const NO_STORE = { "cache-control": "no-store", pragma: "no-cache" }
-const traceIdOf = (traceparent: string | undefined) => /^[\da-f]{2}-([\da-f]{32})-[\da-f]{16}-[\da-f]{2}$/.exec(traceparent ?? "")?.[1] ?? null
 
 export const ReleaseRoutes = HttpRouter.use((router) =>
   Effect.gen(function*() {

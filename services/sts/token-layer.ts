@@ -5,7 +5,6 @@
 // credential release (release.ts: it verifies the mandates the token endpoint issued) share:
 // one directory, one zone key cache, one audit connection per replica.
 import { Context, Effect, Layer } from "effect"
-import { HttpRouter } from "effect/http"
 import { AuditLog, type AuditLogShape, auditLogFromConfig } from "../../core/audit-log.ts"
 import { type Loaded, ServiceConfig } from "../../core/config/load.ts"
 import { Consumer } from "../../core/consumer-layer.ts"
@@ -18,7 +17,8 @@ import { makeCoordinatorView } from "./coordinator-view.ts"
 import { DIRECTORY_TYPES, type Directory, makeDirectory } from "../api/directory.ts"
 import type { JWK } from "jose"
 import { type Decision, type ExchangeDeps, makeExchange, type SigningKey as ExchangeSigningKey } from "./exchange.ts"
-import { PolicyUnavailableError, tokenHandler } from "./token-route.ts"
+import { makeTokenEndpoint, PolicyUnavailableError } from "./token-route.ts"
+import { Front, observeRequest } from "../../core/http/server.ts"
 
 export type StsVars = Loaded<typeof stsSpec>["vars"]
 
@@ -93,12 +93,17 @@ export const exchangeContext = (parts: Effect.Effect<TokenParts, never, any>) =>
     return ExchangeContext.of({ deps, exchange: makeExchange(deps), audit })
   }))
 
-/** POST /oauth/2/token, on the shared context. */
-export const TokenRoutes = HttpRouter.use((router) =>
-  Effect.gen(function*() {
-    const { deps, audit } = yield* ExchangeContext
-    yield* router.add("POST", "/oauth/2/token", tokenHandler(deps, audit))
-  }))
+/** POST /oauth/2/token on the shared context, as the server's Front (token-route.ts). */
+export const TokenFront = Layer.effect(Front, Effect.gen(function*() {
+  const { deps, audit } = yield* ExchangeContext
+  const context = yield* Effect.context<never>()
+  const endpoint = makeTokenEndpoint(deps, {
+    audit,
+    logError: (message, fields) => void Effect.runForkWith(context)(Effect.logError(message).pipe(Effect.annotateLogs(fields))),
+    observe: (method, status, seconds) => observeRequest("sts", method, status, seconds)
+  })
+  return Front.of(endpoint)
+}))
 
 /** The shared context with the zone keys and the policy engine the exchange signs and decides with. */
 export const exchangeContextWith = <K, P>(
@@ -107,7 +112,7 @@ export const exchangeContextWith = <K, P>(
     readonly signingKeyOrProvision: (z: string) => Effect.Effect<ExchangeSigningKey | undefined, unknown>
     readonly jwks: (z: string) => Effect.Effect<ReadonlyArray<JWK>, unknown>
   }, never, K>,
-  policy: Effect.Effect<{ readonly decide: (z: string, input: unknown) => Effect.Effect<Decision, unknown> }, never, P>
+  policy: Effect.Effect<{ readonly decideNow: (z: string, input: unknown) => Promise<Decision> }, never, P>
 ) =>
   exchangeContext(Effect.gen(function*() {
     const k = yield* keys
@@ -126,6 +131,9 @@ export const exchangeContextWith = <K, P>(
         return cached !== undefined ? Promise.resolve(cached) : run(k.signingKeyOrProvision(z), unavailable("zone key"))
       },
       publishedKeys: (z: string) => run(k.jwks(z), unavailable("zone keys")),
-      decide: (z: string, input: unknown) => run(p.decide(z, input), () => new PolicyUnavailableError("policy engine"))
+      decide: (z: string, input: unknown) =>
+        p.decideNow(z, input).catch(() => {
+          throw new PolicyUnavailableError("policy engine")
+        })
     } satisfies TokenParts
   }))

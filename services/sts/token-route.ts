@@ -1,14 +1,22 @@
 // POST /oauth/2/token: the request parsed (token-request.ts), the exchange run
 // (exchange.ts), its outcome appended to the audit stream — then, and only then, answered.
 // A decision that cannot be recorded is not given: 503, and no token leaves.
-import { Effect } from "effect"
-import { HttpServerRequest as Req, HttpServerResponse as Res } from "effect/http"
+//
+// The endpoint is a plain Node handler that the kernel's server hands this one route (a Front,
+// core/http/server.ts), like the gateway's proxy: a token exchange is the sts's hot path, and
+// running it through the router's effects cost about as much CPU as the exchange's own work
+// beside OPA. It keeps the kernel's rules: the request id, the body limit, the request
+// metrics, no stack trace in an answer.
+import type http from "node:http"
 import type { AuditLogShape } from "../../core/audit-log.ts"
-import { RequestId } from "../../core/http/server.ts"
+import { requestIdOf } from "../../core/http/server.ts"
+import { traceIdOf } from "../../core/http/trace-context.ts"
 import type { AuditRecord } from "../../schemas/audit-record.ts"
 import type { AuditFacts, ExchangeDeps, Issued } from "./exchange.ts"
 import { makeExchange } from "./exchange.ts"
 import { OAuthError, parseTokenRequest, TOKEN_BODY_MAX_BYTES, type TokenRequest } from "./token-request.ts"
+
+export const TOKEN_PATH = "/oauth/2/token"
 
 /** The policy engine could not decide (down, slow, broken): never an allow. */
 export class PolicyUnavailableError extends Error {}
@@ -19,23 +27,60 @@ type Outcome =
 
 const NO_STORE = { "cache-control": "no-store", pragma: "no-cache" }
 
-const oauthResponse = (e: OAuthError, basic: boolean) => {
-  const body = { error: e.error, error_description: e.description, ...(e.reason === undefined ? {} : { reason: e.reason }) }
+/** What the endpoint needs besides the exchange: the audit stream, the log and the request metrics. */
+export interface TokenEndpointDeps {
+  readonly audit: AuditLogShape
+  readonly logError: (message: string, fields: Record<string, unknown>) => void
+  readonly observe: (method: string, status: number, seconds: number) => void
+}
+
+const oauthHeaders = (e: OAuthError, basic: boolean): Record<string, string> => {
   const headers: Record<string, string> = { ...NO_STORE }
   // RFC 6749 §5.2: a client that authenticated with Basic is challenged with Basic
   if (e.status === 401) headers["www-authenticate"] = basic ? `Basic realm="caracal", charset="UTF-8"` : `Bearer error="invalid_client"`
   if (e.status === 429) headers["retry-after"] = "60"
-  return Res.jsonUnsafe(body, { status: e.status, headers })
+  return headers
 }
 
-const traceIdOf = (traceparent: string | undefined) => /^[\da-f]{2}-([\da-f]{32})-[\da-f]{16}-[\da-f]{2}$/.exec(traceparent ?? "")?.[1] ?? null
+const oauthBody = (e: OAuthError) => ({
+  error: e.error,
+  error_description: e.description,
+  ...(e.reason === undefined ? {} : { reason: e.reason })
+})
+
+const respond = (res: http.ServerResponse, status: number, requestId: string, headers: Record<string, string>, body: unknown) => {
+  const text = JSON.stringify(body)
+  res.writeHead(status, {
+    ...headers,
+    "content-type": "application/json",
+    "content-length": String(Buffer.byteLength(text)),
+    "x-request-id": requestId
+  })
+  res.end(text)
+}
+
+/** The body as text, or undefined past `limit` bytes. */
+const readBody = (req: http.IncomingMessage, limit: number): Promise<string | undefined> =>
+  new Promise((resolve, reject) => {
+    const chunks: Array<Buffer> = []
+    let size = 0
+    req.on("data", (c: Buffer) => {
+      size += c.length
+      if (size <= limit) return void chunks.push(c)
+      // answered at once; the connection closes after the answer, the rest is never read
+      chunks.length = 0
+      req.pause()
+      resolve(undefined)
+    })
+    req.on("end", () => resolve(size > limit ? undefined : Buffer.concat(chunks).toString("utf8")))
+    req.on("error", reject)
+  })
 
 /** The handler of POST /oauth/2/token. */
-export const tokenHandler = (deps: ExchangeDeps, audit: AuditLogShape) => {
+export const makeTokenEndpoint = (deps: ExchangeDeps, endpoint: TokenEndpointDeps) => {
   const { exchange } = makeExchange(deps)
-  const handle = Effect.fn("sts.token")(function*() {
-    const req = yield* Req.HttpServerRequest
-    const requestId = yield* RequestId
+
+  const run = async (req: http.IncomingMessage, res: http.ServerResponse, requestId: string): Promise<number> => {
     const started = performance.now()
     const facts: { -readonly [K in keyof AuditFacts]: AuditFacts[K] } = {
       zone_id: null,
@@ -47,26 +92,26 @@ export const tokenHandler = (deps: ExchangeDeps, audit: AuditLogShape) => {
       jti: null
     }
     let parsed: TokenRequest | undefined
-    const tooLarge = Number(req.headers["content-length"] ?? "0") > TOKEN_BODY_MAX_BYTES
-    // read within the request's limits (the kernel caps a body without a length while it is read)
-    const read = tooLarge ? undefined : yield* Effect.exit(req.text)
-    const outcome = yield* Effect.promise(async (): Promise<Outcome> => {
-      try {
-        if (read === undefined || read._tag === "Failure" || Buffer.byteLength(read.value) > TOKEN_BODY_MAX_BYTES) {
-          return { error: new OAuthError(413, "invalid_request", "the request body is too large"), errored: false }
-        }
-        parsed = parseTokenRequest(read.value, req.headers["content-type"], req.headers.authorization)
-        return { issued: await exchange(parsed, requestId, facts) }
-      } catch (e) {
-        if (e instanceof OAuthError) return { error: e, errored: false }
-          if (e instanceof PolicyUnavailableError) {
-          return { error: new OAuthError(503, "temporarily_unavailable", "the policy engine cannot decide now"), errored: true }
-        }
-        return { error: new OAuthError(503, "temporarily_unavailable", "a dependency is unavailable"), errored: true, cause: e }
+    let outcome: Outcome
+    try {
+      // an announced oversize body is refused before a byte of it is kept
+      const tooLarge = Number(req.headers["content-length"] ?? "0") > TOKEN_BODY_MAX_BYTES
+      const text = tooLarge ? undefined : await readBody(req, TOKEN_BODY_MAX_BYTES)
+      if (text === undefined) {
+        res.shouldKeepAlive = false
+        outcome = { error: new OAuthError(413, "invalid_request", "the request body is too large"), errored: false }
+      } else {
+        parsed = parseTokenRequest(text, req.headers["content-type"], req.headers.authorization)
+        outcome = { issued: await exchange(parsed, requestId, facts) }
       }
-    })
+    } catch (e) {
+      if (e instanceof OAuthError) outcome = { error: e, errored: false }
+      else if (e instanceof PolicyUnavailableError) {
+        outcome = { error: new OAuthError(503, "temporarily_unavailable", "the policy engine cannot decide now"), errored: true }
+      } else outcome = { error: new OAuthError(503, "temporarily_unavailable", "a dependency is unavailable"), errored: true, cause: e }
+    }
     if ("error" in outcome && outcome.cause !== undefined) {
-      yield* Effect.logError("token exchange failed").pipe(Effect.annotateLogs({ cause: String(outcome.cause) }))
+      endpoint.logError("token exchange failed", { request_id: requestId, cause: String(outcome.cause) })
     }
     const status = "issued" in outcome ? 200 : outcome.error.status
     const record: Omit<AuditRecord, "id" | "occurred_at"> = {
@@ -87,13 +132,39 @@ export const tokenHandler = (deps: ExchangeDeps, audit: AuditLogShape) => {
       latency_ms: Math.round((performance.now() - started) * 100) / 100,
       decision_id: facts.decision_id ?? null
     }
-    const recorded = yield* Effect.exit(audit.append(record))
-    if (recorded._tag === "Failure") {
-      yield* Effect.logError("audit record not written: refusing").pipe(Effect.annotateLogs({ request_id: requestId }))
-      return oauthResponse(new OAuthError(503, "temporarily_unavailable", "the decision could not be recorded"), false)
+    try {
+      await endpoint.audit.appendNow(record)
+    } catch {
+      endpoint.logError("audit record not written: refusing", { request_id: requestId })
+      const e = new OAuthError(503, "temporarily_unavailable", "the decision could not be recorded")
+      respond(res, 503, requestId, oauthHeaders(e, false), oauthBody(e))
+      return 503
     }
-    if ("issued" in outcome) return Res.jsonUnsafe(outcome.issued.body, { status: 200, headers: NO_STORE })
-    return oauthResponse(outcome.error, parsed?.basicAuth ?? /^Basic /i.test(req.headers.authorization ?? ""))
-  })
-  return handle()
+    if ("issued" in outcome) {
+      respond(res, 200, requestId, NO_STORE, outcome.issued.body)
+      return 200
+    }
+    const basic = parsed?.basicAuth ?? /^Basic /i.test(req.headers.authorization ?? "")
+    respond(res, outcome.error.status, requestId, oauthHeaders(outcome.error, basic), oauthBody(outcome.error))
+    return outcome.error.status
+  }
+
+  return {
+    /** Whether a request is this endpoint's (any other goes on to the router). */
+    claims: (req: http.IncomingMessage) => req.method === "POST" && (req.url ?? "").split("?")[0] === TOKEN_PATH,
+    handle: (req: http.IncomingMessage, res: http.ServerResponse) => {
+      const started = performance.now()
+      const requestId = requestIdOf(req.headers["x-request-id"] as string | undefined)
+      run(req, res, requestId).then(
+        (status) => endpoint.observe("POST", status, (performance.now() - started) / 1000),
+        (e: unknown) => {
+          // a bug, not a decision: a 500 without details (never a stack trace)
+          endpoint.logError("token endpoint failed", { request_id: requestId, cause: e instanceof Error ? (e.stack ?? e.message) : String(e) })
+          if (!res.headersSent) respond(res, 500, requestId, NO_STORE, { error: "server_error", error_description: "the token endpoint failed" })
+          else res.destroy()
+          endpoint.observe("POST", 500, (performance.now() - started) / 1000)
+        }
+      )
+    }
+  }
 }
