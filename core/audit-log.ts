@@ -44,12 +44,19 @@ const fieldsOf = (record: AuditRecord, stream: string, signer: SigningKey | unde
   return signer ? ["e", bytes, "k", signer.id, "s", sign(signer, stream, bytes)] : ["e", bytes]
 }
 
+/** A record with its id (a fresh UUIDv7) and occurred_at (now) filled in when absent. */
+export const completeRecord = (partial: Omit<AuditRecord, "id" | "occurred_at"> & Partial<Pick<AuditRecord, "id" | "occurred_at">>): AuditRecord => ({
+  ...partial,
+  id: partial.id ?? uuidv7(),
+  occurred_at: partial.occurred_at ?? new Date().toISOString()
+})
+
 export const makeAuditLog = (redis: Redis, keys: Keys, signer: SigningKey | undefined): AuditLogShape => {
   const stream = keys.stream("audit")
   // Plain async code with one timer, not an effect: services append one record per governed
   // request, where running an effect with a timeout costs more than building the record.
   const appendNow: AuditLogShape["appendNow"] = async (partial) => {
-    const record: AuditRecord = { ...partial, id: partial.id ?? uuidv7(), occurred_at: partial.occurred_at ?? new Date().toISOString() }
+    const record = completeRecord(partial)
     const fields = fieldsOf(record, stream, signer)
     let timer: ReturnType<typeof setTimeout> | undefined
     const timedOut = new Promise<never>((_, reject) => {

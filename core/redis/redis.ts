@@ -58,6 +58,12 @@ const connect = (url: string, db: number, password: string | undefined, connecti
     (r) => Effect.promise(() => r.quit().catch(() => r.disconnect()))
   )
 
+/** The database a Redis URL names (its path, as ioredis reads it), 0 by default. */
+export const dbOfUrl = (url: string): number => {
+  const path = new URL(url).pathname.replace(/^\//, "")
+  return /^\d+$/.test(path) ? Number(path) : 0
+}
+
 export const evictionPolicy = (r: Redis) =>
   Effect.tryPromise({
     try: async () => {

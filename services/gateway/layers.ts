@@ -10,7 +10,7 @@ import { Consumer } from "../../core/consumer-layer.ts"
 import { Database } from "../../core/db/database.ts"
 import { addReadyCheck, Front } from "../../core/http/server.ts"
 import { makeMandateVerifier } from "../../core/mandate/verify.ts"
-import { RedisClient } from "../../core/redis/redis.ts"
+import { dbOfUrl, RedisClient } from "../../core/redis/redis.ts"
 import { DIRECTORY_TYPES, type Directory, makeDirectory } from "../api/directory.ts"
 import { events as apiRegistry } from "../api/events.ts"
 import { events as allEvents } from "../events.ts"
@@ -121,12 +121,6 @@ const claimsConnection = (vars: GatewayVars) =>
     (r) => Effect.promise(() => r.quit().catch(() => r.disconnect()))
   )
 
-/** The database a Redis URL names (its path, as ioredis reads it), 0 by default. */
-const dbOf = (url: string): number => {
-  const path = new URL(url).pathname.replace(/^\//, "")
-  return /^\d+$/.test(path) ? Number(path) : 0
-}
-
 /** The proxy as the service's Front handler. */
 export const GatewayFront = Layer.effect(Front, Effect.gen(function*() {
   const vars = yield* varsOf
@@ -170,7 +164,7 @@ export const GatewayFront = Layer.effect(Front, Effect.gen(function*() {
     // the audit stream on the same Redis as the replay store (the default): each call's record
     // goes with its jti claim, in one script
     ...(Redacted.value(vars.AUDIT_STREAM_URL) === Redacted.value(vars.REDIS_URL)
-      ? { recordWithClaim: { stream: audit.stream, db: dbOf(Redacted.value(vars.AUDIT_STREAM_URL)), entry: audit.entry } }
+      ? { recordWithClaim: { stream: audit.stream, db: dbOfUrl(Redacted.value(vars.AUDIT_STREAM_URL)), entry: audit.entry } }
       : {}),
     budgetKey: (zone, resource, app) => redis.keys.rateLimit("gateway", `${zone}:${resource}:${app}`),
     allowlist: vars.UPSTREAM_ALLOWLIST ?? parseAllowlist(undefined),

@@ -57,6 +57,13 @@ export interface ExchangeDeps {
   readonly tokenRatePerMinute: number
   readonly clientFailuresPerMinute: number
   readonly now: () => Date
+  /**
+   * When set, an issued mandate's budgets are counted with its audit record in one script
+   * (token-route.ts: one round trip for both): the exchange leaves them in `Issued.budgets`.
+   * True when every budget was within the limit and the record written; false when one is
+   * spent (nothing written). Throws when Redis cannot be asked (fail closed).
+   */
+  readonly takeAndRecord?: (scope: string, ids: ReadonlyArray<string>, perMinute: number, record: AuditRecord) => Promise<boolean>
 }
 
 export interface Issued {
@@ -69,6 +76,8 @@ export interface Issued {
     readonly target_resources: ReadonlyArray<string>
   }
   readonly jti: string
+  /** The token budgets still to count with the record (ExchangeDeps.takeAndRecord); empty when counted. */
+  readonly budgets: ReadonlyArray<string>
 }
 
 /** What the audit record of the exchange says besides its outcome (filled as the exchange learns it). */
@@ -325,11 +334,13 @@ export const makeExchange = (deps: ExchangeDeps) => {
     }
     facts.scope = granted.join(" ")
 
-    // the budget is counted while the policy decides (two round trips at once); a spent one refuses, whatever the policy said
-    const budgets = Promise.all((targets.length > 0 ? targets : ["-"]).map((r) =>
-      deps.take("token", `${zoneId}.${r}.${clientId}`.replace(/[^A-Za-z0-9_.:-]/g, "_"), deps.tokenRatePerMinute)
-    ))
-    budgets.catch(() => undefined) // awaited below; a rejection before then is not unhandled
+    // the budget is counted while the policy decides (two round trips at once), or, when the route
+    // counts it with the issued record, after the decision; a spent one refuses, whatever the policy said
+    const budgetIds = (targets.length > 0 ? targets : ["-"]).map((r) => `${zoneId}.${r}.${clientId}`.replace(/[^A-Za-z0-9_.:-]/g, "_"))
+    const countAll = () => Promise.all(budgetIds.map((id) => deps.take("token", id, deps.tokenRatePerMinute)))
+    const deferred = deps.takeAndRecord !== undefined
+    const budgets = deferred ? undefined : countAll()
+    budgets?.catch(() => undefined) // awaited below; a rejection before then is not unhandled
     const decided = deps.decide(zoneId, {
       zone_id: zoneId,
       principal: {
@@ -348,8 +359,10 @@ export const makeExchange = (deps: ExchangeDeps) => {
       context: { time: now.toISOString(), request_id: requestId, grant_type: req.grantType }
     })
     const [within, decision] = await Promise.all([budgets, decided])
-    if (within.some((ok) => !ok)) throw new OAuthError(429, "slow_down", "token rate limit reached for this resource; retry later")
     facts.decision_id = decision.decisionId
+    // a refusal is counted here either way: only an issued mandate's count goes with its record
+    const spent = (within ?? (decision.allow ? [] : await countAll())).some((ok) => !ok)
+    if (spent) throw new OAuthError(429, "slow_down", "token rate limit reached for this resource; retry later")
     if (!decision.allow) throw denied(decision.reason || "policy_denied", `denied by policy: ${decision.reason || "no reason given"}`)
 
     const key = await deps.signingKey(zoneId)
@@ -385,6 +398,7 @@ export const makeExchange = (deps: ExchangeDeps) => {
       .sign(key.privateKey)
     return {
       jti,
+      budgets: deferred ? budgetIds : [],
       body: {
         access_token: token,
         token_type: "Bearer",

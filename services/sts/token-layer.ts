@@ -4,13 +4,14 @@
 // They are built once, as the ExchangeContext service, which the token endpoint and the
 // credential release (release.ts: it verifies the mandates the token endpoint issued) share:
 // one directory, one zone key cache, one audit connection per replica.
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Redacted } from "effect"
 import { AuditLog, type AuditLogShape, auditLogFromConfig } from "../../core/audit-log.ts"
 import { type Loaded, ServiceConfig } from "../../core/config/load.ts"
 import { Consumer } from "../../core/consumer-layer.ts"
 import { Database } from "../../core/db/database.ts"
-import { RedisClient } from "../../core/redis/redis.ts"
-import { countInWindow } from "../../core/redis/window-count.ts"
+import { dbOfUrl, RedisClient } from "../../core/redis/redis.ts"
+import { countAndRecord, countInWindow } from "../../core/redis/window-count.ts"
+import type { AuditRecord } from "../../schemas/audit-record.ts"
 import { events as apiRegistry } from "../api/events.ts"
 import { stsSpec } from "./config.ts"
 import { makeCoordinatorView } from "./coordinator-view.ts"
@@ -88,7 +89,19 @@ export const exchangeContext = (parts: Effect.Effect<TokenParts, never, any>) =>
       spent: async (scope, id, perMinute) => Number((await redis.limits.get(budget(scope, id))) ?? 0) >= perMinute,
       tokenRatePerMinute: vars.TOKEN_RATE_PER_MINUTE,
       clientFailuresPerMinute: vars.CLIENT_AUTH_FAILURES_PER_MINUTE,
-      now: () => new Date()
+      now: () => new Date(),
+      // the audit stream on the budgets' Redis (the default): an issued mandate's budgets and
+      // its record go in one script
+      ...(Redacted.value(vars.AUDIT_STREAM_URL) === Redacted.value(vars.REDIS_URL)
+        ? {
+          takeAndRecord: (scope: string, ids: ReadonlyArray<string>, perMinute: number, record: AuditRecord) =>
+            countAndRecord(redis.limits, ids.map((id) => budget(scope, id)), 60, perMinute, {
+              stream: audit.stream,
+              db: dbOfUrl(Redacted.value(vars.AUDIT_STREAM_URL)),
+              fields: audit.entry(record)
+            })
+        }
+        : {})
     }
     return ExchangeContext.of({ deps, exchange: makeExchange(deps), audit })
   }))

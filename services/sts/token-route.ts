@@ -8,7 +8,7 @@
 // beside OPA. It keeps the kernel's rules: the request id, the body limit, the request
 // metrics, no stack trace in an answer.
 import type http from "node:http"
-import type { AuditLogShape } from "../../core/audit-log.ts"
+import { type AuditLogShape, completeRecord } from "../../core/audit-log.ts"
 import { requestIdOf } from "../../core/http/server.ts"
 import { traceIdOf } from "../../core/http/trace-context.ts"
 import type { AuditRecord } from "../../schemas/audit-record.ts"
@@ -113,13 +113,12 @@ export const makeTokenEndpoint = (deps: ExchangeDeps, endpoint: TokenEndpointDep
     if ("error" in outcome && outcome.cause !== undefined) {
       endpoint.logError("token exchange failed", { request_id: requestId, cause: String(outcome.cause) })
     }
-    const status = "issued" in outcome ? 200 : outcome.error.status
-    const record: Omit<AuditRecord, "id" | "occurred_at"> = {
+    const recordOf = (o: Outcome): Omit<AuditRecord, "id" | "occurred_at"> => ({
       zone_id: facts.zone_id,
       source: "sts",
       kind: parsed?.grantType === "client_credentials" ? "client_credentials" : "token_exchange",
-      decision: "issued" in outcome ? "allow" : outcome.errored ? "error" : "deny",
-      reason: "issued" in outcome ? null : outcome.error.reason ?? outcome.error.error,
+      decision: "issued" in o ? "allow" : o.errored ? "error" : "deny",
+      reason: "issued" in o ? null : o.error.reason ?? o.error.error,
       request_id: requestId,
       trace_id: traceIdOf(req.headers.traceparent),
       client_id: facts.client_id,
@@ -127,13 +126,21 @@ export const makeTokenEndpoint = (deps: ExchangeDeps, endpoint: TokenEndpointDep
       delegation_edge_id: facts.delegation_edge_id,
       resource: facts.resource,
       scope: facts.scope,
-      jti: "issued" in outcome ? outcome.issued.jti : null,
-      status,
+      jti: "issued" in o ? o.issued.jti : null,
+      status: "issued" in o ? 200 : o.error.status,
       latency_ms: Math.round((performance.now() - started) * 100) / 100,
       decision_id: facts.decision_id ?? null
-    }
+    })
     try {
-      await endpoint.audit.appendNow(record)
+      if ("issued" in outcome && outcome.issued.budgets.length > 0 && deps.takeAndRecord !== undefined) {
+        // the issued mandate's budgets counted and its record written in one round trip; a spent
+        // budget writes nothing there, and the refusal is recorded on its own
+        const within = await deps.takeAndRecord("token", outcome.issued.budgets, deps.tokenRatePerMinute, completeRecord(recordOf(outcome)))
+        if (!within) {
+          outcome = { error: new OAuthError(429, "slow_down", "token rate limit reached for this resource; retry later"), errored: false }
+          await endpoint.audit.appendNow(recordOf(outcome))
+        }
+      } else await endpoint.audit.appendNow(recordOf(outcome))
     } catch {
       endpoint.logError("audit record not written: refusing", { request_id: requestId })
       const e = new OAuthError(503, "temporarily_unavailable", "the decision could not be recorded")
