@@ -5,7 +5,8 @@
 // 20,000 events in the command-write bench, growing with the log). `id = any(array(…))`
 // looks each id up in events' unique index instead. One statement of the function changes;
 // the rest of its text is kept as 0009 wrote it (replaced in place, and refused if not found).
-import { type Kysely, sql } from "kysely"
+import type { Kysely } from "kysely"
+import { replaceInFunction } from "../db/function-text.ts"
 
 export const BY_JOIN = `delete from events where id in (
         select e.id from jsonb_array_elements(members) with ordinality as t(mem, ord),
@@ -17,21 +18,10 @@ export const BY_INDEX = `delete from events where id = any(array(
           jsonb_to_recordset(t.mem->'events') as e(id uuid)
         where failed ? t.ord::text));`
 
-const swap = (db: Kysely<any>, from: string, to: string) =>
-  sql`do $migration$
-    declare
-      def text := pg_get_functiondef('caracal_write_group(jsonb, text[])'::regprocedure);
-    begin
-      if position(${sql.lit(from)} in def) = 0 then
-        raise exception 'caracal_write_group does not hold the statement this migration replaces';
-      end if;
-      execute replace(def, ${sql.lit(from)}, ${sql.lit(to)});
-    end $migration$`.execute(db)
-
 export async function up(db: Kysely<any>): Promise<void> {
-  await swap(db, BY_JOIN, BY_INDEX)
+  await replaceInFunction(db, "caracal_write_group(jsonb, text[])", BY_JOIN, BY_INDEX)
 }
 
 export async function down(db: Kysely<any>): Promise<void> {
-  await swap(db, BY_INDEX, BY_JOIN)
+  await replaceInFunction(db, "caracal_write_group(jsonb, text[])", BY_INDEX, BY_JOIN)
 }
