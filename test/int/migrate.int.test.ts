@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { makeDatabase, makeKysely } from "../../core/db/database.ts"
 import { backboneMigrationFolder, FoldersMigrationProvider, migrateToLatest, migrationFolders } from "../../core/db/migrate.ts"
 import { BY_INDEX, BY_JOIN } from "../../core/migrations/0018_write_group_undo_by_index.ts"
+import { ALL_AT_ONCE, EACH_ALONE } from "../../core/migrations/0019_write_group_capacity_at_once.ts"
 import { repoRoot } from "../../core/stack-env.ts"
 import { emptyDatabase, stackEnv, startService, type TestDatabase, waitFor } from "../../core/testing/index.ts"
 
@@ -150,5 +151,18 @@ describe("migrations 0017 and 0018 (a group's refused members' events taken back
     // a second run finds no statement to replace and refuses rather than doing nothing
     await expect(m0018.up(database.db)).rejects.toThrow(/does not hold the statement this migration replaces/)
     expect(await definition()).toBe(upgraded)
+  })
+
+  it("0019 replaces the capacity loop with one statement (and the loop as its fallback), and gives the loop back when undone", async () => {
+    const upgraded = await definition()
+    expect(upgraded).toContain(ALL_AT_ONCE)
+    expect(upgraded).not.toContain(EACH_ALONE)
+    const migrations = await new FoldersMigrationProvider(migrationFolders()).getMigrations()
+    const m0019 = migrations["0019_write_group_capacity_at_once"]!
+    await m0019.down!(database.db)
+    expect(await definition()).toBe(upgraded.replace(ALL_AT_ONCE, EACH_ALONE))
+    await m0019.up(database.db)
+    expect(await definition()).toBe(upgraded)
+    await expect(m0019.up(database.db)).rejects.toThrow(/does not hold the statement this migration replaces/)
   })
 })
