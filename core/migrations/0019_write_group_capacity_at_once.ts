@@ -11,8 +11,8 @@ import { replaceInFunction } from "../db/function-text.ts"
 
 const SIGNATURE = "caracal_write_group(jsonb, text[])"
 
-export const EACH_ALONE = `-- 3. capacity, one subtransaction per member that has one
-      for c in
+// each member's capacity alone, in a subtransaction of its own: 0009's loop, verbatim
+const LOOP = `for c in
         select t.ord::int as m, t.mem->>'capacity' as expr from jsonb_array_elements(members) with ordinality as t(mem, ord)
         where t.mem->>'capacity' is not null and assigned ? t.ord::text order by t.ord
       loop
@@ -24,6 +24,9 @@ export const EACH_ALONE = `-- 3. capacity, one subtransaction per member that ha
           assigned := assigned - c.m::text;
         end;
       end loop;`
+
+export const EACH_ALONE = `-- 3. capacity, one subtransaction per member that has one
+      ${LOOP}`
 
 export const ALL_AT_ONCE = `-- 3. capacity: every member's in one statement, in member order; when one refuses, that is
       --    undone and each member's is evaluated alone, in a subtransaction of its own
@@ -37,18 +40,7 @@ export const ALL_AT_ONCE = `-- 3. capacity: every member's in one statement, in 
           begin
             execute 'select ' || together;
           exception when others then
-            for c in
-              select t.ord::int as m, t.mem->>'capacity' as expr from jsonb_array_elements(members) with ordinality as t(mem, ord)
-              where t.mem->>'capacity' is not null and assigned ? t.ord::text order by t.ord
-            loop
-              begin
-                execute 'select ' || c.expr;
-              exception when others then
-                get stacked diagnostics code = returned_sqlstate, cons = constraint_name, msg = message_text;
-                failed := failed || jsonb_build_object(c.m::text, jsonb_build_object('code', code, 'constraint', cons, 'message', msg));
-                assigned := assigned - c.m::text;
-              end;
-            end loop;
+            ${LOOP.replace(/\n/g, "\n      ")}
           end;
         end if;
       end;`
