@@ -6,6 +6,7 @@
 //   (≤ 30 ms), and the revocation-to-refusal delay over 100 trials (a streaming call in
 //   flight is cut; target p99 ≤ 250 ms).
 import http from "node:http"
+import { keepAliveAgent } from "../core/http/agents.ts"
 import { randomUUID } from "node:crypto"
 import { SignJWT } from "jose"
 import { freePort, spawnScript } from "../core/testing/index.ts"
@@ -64,7 +65,7 @@ const mintMany = async (n: number) => {
 
 /** `n` requests over `c` keep-alive connections; throughput and sorted latencies (ms). */
 const load = async (port: number, c: number, n: number, headersFor: (i: number) => http.OutgoingHttpHeaders) => {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: c })
+  const agent = keepAliveAgent({ maxSockets: c })
   const latencies: Array<number> = []
   let next = 0
   let failures = 0

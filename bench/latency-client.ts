@@ -5,9 +5,10 @@
 // Usage: latency-client.ts <rounds> <per round> <warm-up> <header:value|-> <url>...
 // Prints one JSON line: { "<url>": [sorted milliseconds], ... }.
 import http from "node:http"
+import { keepAliveAgent } from "../core/http/agents.ts"
 
 const [rounds, perRound, warm, header, ...urls] = process.argv.slice(2)
-const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
+const agent = keepAliveAgent({ maxSockets: 1 })
 const headers: Record<string, string> = {}
 if (header !== undefined && header !== "-") {
   const at = header.indexOf(":")

@@ -4,6 +4,7 @@
 // keep-alive pool, no checks. Run apart from the load generator so that they do not share
 // its event loop — as the gateway does not.
 import http from "node:http"
+import { keepAliveAgent } from "../core/http/agents.ts"
 import { pipeline } from "node:stream"
 
 const [role, portArg, upstreamArg] = process.argv.slice(2)
@@ -25,7 +26,7 @@ if (role === "upstream") {
     })
   }).listen(port, "127.0.0.1")
 } else if (role === "bare") {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: "lifo" })
+  const agent = keepAliveAgent({ maxSockets: 256, maxFreeSockets: 64, scheduling: "lifo" })
   http.createServer((req, res) => {
     const up = http.request({ host: "127.0.0.1", port: Number(upstreamArg), path: req.url, method: req.method, headers: req.headers, agent }, (r) => {
       res.writeHead(r.statusCode ?? 502, r.headers)

@@ -7,6 +7,7 @@ import { generateKeyPair, SignJWT } from "jose"
 import { Redis } from "ioredis"
 import { randomBytes } from "node:crypto"
 import http from "node:http"
+import { keepAliveAgent } from "../core/http/agents.ts"
 import { stackEnv } from "../core/testing/index.ts"
 import { decisionPath, makeOpa } from "../services/sts/opa.ts"
 import { startApi } from "../test/fixtures/api.ts"
@@ -49,7 +50,7 @@ const tokenUrl = `${h.sts.url}/oauth/2/token`
 const send = (body: string) => fetch(tokenUrl, { method: "POST", headers: { "content-type": "application/x-www-form-urlencoded" }, body })
 // the timed exchanges go over node:http with a keep-alive pool: fetch (undici) costs about half
 // a millisecond of CPU per request, taken from the same two cores the sts, OPA and Redis share
-const agent = new http.Agent({ keepAlive: true, maxSockets: 64 })
+const agent = keepAliveAgent({ maxSockets: 64 })
 const post = (body: string) =>
   new Promise<{ status: number; text: string }>((resolve, reject) => {
     const req = http.request(tokenUrl, {

@@ -51,6 +51,19 @@ export interface RunningService {
   readonly stop: (signal?: NodeJS.Signals) => Promise<number | string>
 }
 
+// Children still running when this process exits (a benchmark or test that threw before its
+// cleanup) are killed with it: an orphaned service would go on consuming, relaying and taking
+// CPU from every later measurement on the machine.
+const running = new Set<ChildProcess>()
+let reaping = false
+const reapOnExit = () => {
+  if (reaping) return
+  reaping = true
+  process.once("exit", () => {
+    for (const child of running) child.kill("SIGKILL")
+  })
+}
+
 /** Runs a TypeScript entry point of this repository (a service, the CLI) as its own process. */
 export const spawnScript = (script: string, args: ReadonlyArray<string>, env: Record<string, string>) => {
   const child = spawn(nodeBinary(), [path.join(repoRoot, script), ...args], {
@@ -58,6 +71,9 @@ export const spawnScript = (script: string, args: ReadonlyArray<string>, env: Re
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", ...env },
     stdio: ["ignore", "pipe", "pipe"]
   })
+  running.add(child)
+  child.once("exit", () => running.delete(child))
+  reapOnExit()
   let out = ""
   let err = ""
   child.stdout.on("data", (b: Buffer) => (out += b.toString()))

@@ -23,6 +23,7 @@ import type { AuditRecord } from "../../schemas/audit-record.ts"
 import { ANY_ZONE, AuthError, type MandateVerifier, parseBearer, type Mandate } from "../../core/mandate/verify.ts"
 import { requestIdOf } from "../../core/http/server.ts"
 import { traceIdOf } from "../../core/http/trace-context.ts"
+import { keepAliveAgent, keepAliveHttpsAgent } from "../../core/http/agents.ts"
 import { InFlight } from "../../core/in-flight.ts"
 import type { Directory } from "../api/directory.ts"
 import { CredentialUnavailable, type CredentialCache, type Injected } from "./credentials.ts"
@@ -210,8 +211,8 @@ const send = (res: http.ServerResponse, requestId: string, r: Refusal) => {
 
 /** Keep-alive pools to the upstreams; sockets are dialled at the checked address (see call). */
 const agents = {
-  http: new http.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: "lifo" }),
-  https: new https.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: "lifo" })
+  http: keepAliveAgent({ maxSockets: 256, maxFreeSockets: 64, scheduling: "lifo" }),
+  https: keepAliveHttpsAgent({ maxSockets: 256, maxFreeSockets: 64, scheduling: "lifo" })
 }
 
 interface Flight {

@@ -20,6 +20,7 @@ import { Schema } from "effect"
 import http from "node:http"
 import https from "node:https"
 import { v7 as uuidv7 } from "uuid"
+import { keepAliveAgent, keepAliveHttpsAgent } from "../../core/http/agents.ts"
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
@@ -130,7 +131,7 @@ const DECISION_MAX_BYTES = 1024 * 1024
  */
 const decisionPost = (base: string) => {
   const lib = new URL(base).protocol === "https:" ? https : http
-  const agent = new lib.Agent({ keepAlive: true, maxSockets: 64 })
+  const agent = lib === https ? keepAliveHttpsAgent({ maxSockets: 64 }) : keepAliveAgent({ maxSockets: 64 })
   return (url: string, body: string, signal: AbortSignal) =>
     new Promise<OpaAnswer>((resolve, reject) => {
       const req = lib.request(url, {
