@@ -25,7 +25,8 @@ const get = (agent: http.Agent) =>
   new Promise<string | undefined>((resolve, reject) => {
     http.get({ host: "127.0.0.1", port, agent }, (res) => {
       res.resume()
-      res.on("end", () => resolve(res.headers["keep-alive"]))
+      const hint = res.headers["keep-alive"]
+      res.on("end", () => resolve(typeof hint === "string" ? hint : undefined))
     }).on("error", reject)
   })
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
