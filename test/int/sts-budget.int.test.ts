@@ -5,6 +5,7 @@
 import http from "node:http"
 import { decodeJwt } from "jose"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { internalCall } from "../../core/internal-call.ts"
 import { freePort, type RunningService, startService } from "../../core/testing/index.ts"
 import { type ApiHarness, startApi } from "../fixtures/api.ts"
 import { jsonCall, type JsonReply, until } from "../fixtures/harness.ts"
@@ -21,14 +22,16 @@ let h: ApiHarness
 let second: RunningService
 let zone: string
 let app: { id: string; secret: string }
+// its own budget: the metrics check does not spend the tested app's
+let counted: { id: string; secret: string }
 
 const tokenAt = (base: string, params: Record<string, string>, headers: Record<string, string> = {}): Promise<JsonReply> =>
   jsonCall(`${base}/oauth/2/token`, "POST", {
     raw: new URLSearchParams(params).toString(),
     headers: { "content-type": "application/x-www-form-urlencoded", ...headers }
   })
-const ambient = async () => {
-  const r = await tokenAt(h.sts.url, { grant_type: "client_credentials", zone_id: zone, application_id: app.id, client_secret: app.secret, ttl_seconds: "3600" })
+const ambient = async (as = app) => {
+  const r = await tokenAt(h.sts.url, { grant_type: "client_credentials", zone_id: zone, application_id: as.id, client_secret: as.secret, ttl_seconds: "3600" })
   expect(r.status, r.text).toBe(200)
   return r.body.access_token as string
 }
@@ -46,6 +49,8 @@ beforeAll(async () => {
   zone = (await post("/v1/zones", { slug: "budget" })).id
   const created = await post(`/v1/zones/${zone}/applications`, { name: "budget" })
   app = { id: created.id, secret: created.client_secret }
+  const counting = await post(`/v1/zones/${zone}/applications`, { name: "metrics" })
+  counted = { id: counting.id, secret: counting.client_secret }
   for (const identifier of ["one", "two", "three"]) {
     const r = await post(`/v1/zones/${zone}/resources`, { identifier, scopes: ["read"] })
     await post(`/v1/zones/${zone}/bindings`, { resource_id: r.id, application_id: app.id })
@@ -54,9 +59,14 @@ beforeAll(async () => {
   const set = await post(`/v1/zones/${zone}/policy-sets`, { name: "default" })
   const version = await post(`/v1/zones/${zone}/policy-sets/${set.id}/versions`, { manifest: { policies: [{ policy_id: policy.id }] } })
   await post(`/v1/zones/${zone}/policy-sets/${set.id}/activate`, { version_id: version.versions[0].id }).catch(() => undefined)
+  // asked through the signed decide route, which counts against no budget
+  const key = Buffer.from(h.stsEnv.SERVICE_HMAC_KEY!, "hex")
   await until(async () => {
-    const r = await tokenAt(h.sts.url, { grant_type: "client_credentials", zone_id: zone, application_id: app.id, client_secret: app.secret })
-    return r.status === 200
+    const r = await internalCall({ baseUrl: h.sts.url, key, timeoutMs: 5_000 }, "POST", "/internal/v1/decide", {
+      zone_id: zone,
+      input: { zone_id: zone, action: { use: "ambient", scopes: ["agent:lifecycle"] } }
+    })
+    return r.status === 200 && (r.body as { allow?: boolean }).allow === true
   }, 60_000, "the policy in OPA")
 }, 120_000)
 afterAll(async () => {
@@ -132,7 +142,7 @@ describe("the token endpoint keeps the kernel's rules", () => {
       return line === undefined ? 0 : Number(line.split(" ").at(-1))
     }
     const before = await count()
-    await ambient()
+    await ambient(counted)
     expect(await count()).toBe(before + 1)
     // the router still answers what the endpoint does not claim
     expect((await jsonCall(`${h.sts.url}/oauth/2/token`, "GET")).status).toBe(404)
