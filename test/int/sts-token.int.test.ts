@@ -81,6 +81,10 @@ beforeAll(async () => {
   const started = Date.now()
   await until(async () => (await token({ grant_type: "client_credentials", zone_id: zone, application_id: apps.a!.id, client_secret: apps.a!.secret })).status === 200, 60_000, "a first mandate")
   policyDelayMs = Date.now() - started
+  // the other zone's policy too: tests ask it for mandates
+  await until(async () =>
+    (await token({ grant_type: "client_credentials", zone_id: otherZone, application_id: apps.other!.id, client_secret: apps.other!.secret })).status === 200,
+    60_000, "a first mandate in the other zone")
 }, 120_000)
 afterAll(async () => {
   await coordinator?.stop()
