@@ -37,7 +37,13 @@ export interface PolicyEngineShape {
   readonly decideNow: (zoneId: string, input: unknown) => Promise<Decision>
 }
 
-export const makePolicyEngine = (deps: { readonly db: Kysely<Tables>; readonly opa: Opa; readonly timeoutMs: number }): PolicyEngineShape => {
+export const makePolicyEngine = (deps: {
+  readonly db: Kysely<Tables>
+  readonly opa: Opa
+  readonly timeoutMs: number
+  /** Logs a warning with the service's logger (the decision itself runs outside any effect). */
+  readonly warn: (message: string, fields: Record<string, unknown>) => void
+}): PolicyEngineShape => {
   // Each zone's active set as last read from the tables, kept while no change has been
   // committed since (the policy sync's NOTIFY moves the generation) and only while a listener
   // is connected to hear one: a decision then asks OPA alone. A read that a change overtook
@@ -58,7 +64,7 @@ export const makePolicyEngine = (deps: { readonly db: Kysely<Tables>; readonly o
     Effect.runSync(Metric.update(Metric.withAttributes(decisions, { outcome }), 1))
   const fail = (reason: string, cause: unknown): never => {
     count("unavailable")
-    Effect.runFork(Effect.logWarning("policy decision unavailable").pipe(Effect.annotateLogs({ reason, error: String(cause) })))
+    deps.warn("policy decision unavailable", { reason, error: String(cause) })
     throw new PolicyUnavailable({ reason })
   }
   // Plain async code with one timer, not an effect: it runs once per token exchange, where an
@@ -116,7 +122,13 @@ export class PolicyEngine extends Context.Service<PolicyEngine, PolicyEngineShap
   static readonly layer = Layer.effect(PolicyEngine, Effect.gen(function*() {
     const vars = yield* loadSpec(stsSpec)
     const database = yield* Database
-    return PolicyEngine.of(makePolicyEngine({ db: database.db, opa: makeOpa(vars.OPA_URL), timeoutMs: vars.OPA_TIMEOUT_MS }))
+    const context = yield* Effect.context<never>()
+    return PolicyEngine.of(makePolicyEngine({
+      db: database.db,
+      opa: makeOpa(vars.OPA_URL),
+      timeoutMs: vars.OPA_TIMEOUT_MS,
+      warn: (message, fields) => void Effect.runForkWith(context)(Effect.logWarning(message).pipe(Effect.annotateLogs(fields)))
+    }))
   }))
 }
 

@@ -76,6 +76,7 @@ export const exchangeContext = (parts: Effect.Effect<TokenParts, never, any>) =>
     const audit = yield* AuditLog
     const { signingKey: keyOf, publishedKeys, decide } = yield* parts
     const budget = (scope: string, id: string) => redis.keys.rateLimit(scope, id)
+    const auditDb = dbOfUrl(Redacted.value(vars.AUDIT_STREAM_URL))
     const deps: ExchangeDeps = {
       issuer: issuerOf(vars, config.mode),
       directory,
@@ -97,7 +98,7 @@ export const exchangeContext = (parts: Effect.Effect<TokenParts, never, any>) =>
           takeAndRecord: (scope: string, ids: ReadonlyArray<string>, perMinute: number, record: AuditRecord) =>
             countAndRecord(redis.limits, ids.map((id) => budget(scope, id)), 60, perMinute, {
               stream: audit.stream,
-              db: dbOfUrl(Redacted.value(vars.AUDIT_STREAM_URL)),
+              db: auditDb,
               fields: audit.entry(record)
             })
         }
