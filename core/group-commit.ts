@@ -14,6 +14,7 @@ import { type Kysely, sql } from "kysely"
 import pg from "pg"
 import { isUnavailable } from "./db/database.ts"
 import type { Tables } from "./db/tables.ts"
+import { groupStatement } from "./group-statement.ts"
 import { changesSql, foldChanges, type RowChange } from "./row-changes.ts"
 
 export interface GroupCommitOptions {
@@ -34,6 +35,13 @@ export const DEFAULT_GROUP_COMMIT: GroupCommitOptions = { maxSize: 64, windowUs:
  * without several groups of one process contending for the same rows.
  */
 const IN_FLIGHT = 2
+
+/**
+ * After a group's single statement failed (a member refused or conflicted), the next groups
+ * are written the exact way straight away: where refusals are common (a limit reached), a
+ * statement that fails costs a round trip and the work done before it failed.
+ */
+const EXACT_AFTER_FAILURE = 8
 
 /** What one member's write statement assigned: each event's id, position and transaction. */
 export type Written = ReadonlyArray<{ readonly id: string; readonly position: string; readonly transaction_id: string }>
@@ -100,6 +108,10 @@ export interface GroupObservations {
   refused: number
   /** Groups that failed as a whole on one member's fault and were written member by member. */
   writtenAlone: number
+  /** Groups written in one statement (core/group-statement.ts). */
+  atOnce: number
+  /** Groups whose single statement failed on a member's refusal or conflict, then written the exact way. */
+  atOnceFailed: number
 }
 
 export class GroupCommit {
@@ -109,7 +121,9 @@ export class GroupCommit {
   private running = 0
   private waiting = false
   private sweeping: ReturnType<typeof setTimeout> | undefined
-  private observations: GroupObservations = { sizes: [], latencies: [], refused: 0, writtenAlone: 0 }
+  /** Groups still to be written the exact way after a single statement failed. */
+  private exactOnly = 0
+  private observations: GroupObservations = { sizes: [], latencies: [], refused: 0, writtenAlone: 0, atOnce: 0, atOnceFailed: 0 }
 
   constructor(db: Kysely<Tables>, options: GroupCommitOptions = DEFAULT_GROUP_COMMIT) {
     this.db = db
@@ -131,7 +145,7 @@ export class GroupCommit {
 
   drain(): GroupObservations {
     const o = this.observations
-    this.observations = { sizes: [], latencies: [], refused: 0, writtenAlone: 0 }
+    this.observations = { sizes: [], latencies: [], refused: 0, writtenAlone: 0, atOnce: 0, atOnceFailed: 0 }
     return o
   }
 
@@ -199,6 +213,37 @@ export class GroupCommit {
 
   private async writeGroup(group: ReadonlyArray<Queued>) {
     if (group.length === 1) return group[0]!.alone().then(group[0]!.resolve, group[0]!.reject)
+    if (this.exactOnly > 0) this.exactOnly--
+    else {
+      try {
+        const written = await this.writeAtOnce(group)
+        this.observations.atOnce++
+        group.forEach((m, i) => m.resolve(written[i]!))
+        return
+      } catch (e) {
+        // nothing of it was written; unavailable, every member gets the error, else the exact way tells who failed
+        if (isUnavailable(e)) {
+          for (const m of group) m.reject(e)
+          return
+        }
+        this.observations.atOnceFailed++
+        this.exactOnly = EXACT_AFTER_FAILURE
+      }
+    }
+    await this.writeExactly(group)
+  }
+
+  /** The whole group in one statement (core/group-statement.ts): fails as a whole if any member would. */
+  private async writeAtOnce(group: ReadonlyArray<Queued>): Promise<ReadonlyArray<Written>> {
+    const changes = foldChanges(group.flatMap((m) => m.changes))
+    await this.learnTypes(this.db, changes)
+    const byTable = [...changes].sort((a, b) => (a.table < b.table ? -1 : a.table > b.table ? 1 : 0))
+    const { statement, written } = groupStatement(group.map((m) => m.write), changesSql(byTable, (table) => this.columnTypes.get(table)!))
+    return written((await statement.execute(this.db)).rows)
+  }
+
+  /** The group through caracal_write_group: each member's own outcome, whatever the others'. */
+  private async writeExactly(group: ReadonlyArray<Queued>) {
     let rows: ReadonlyArray<GroupRow>
     // every table a member may write a row to, locked up front as a single statement would at parse
     const tables = [...new Set(group.flatMap((m) => m.changes.map((c) => c.table)))].sort()

@@ -92,6 +92,11 @@ const writeRefused = Metric.counter("caracal_write_refused_total", {
   incremental: true
 })
 
+const groupsWrittenExactly = Metric.counter("caracal_write_group_exact_total", {
+  description: "Groups whose single statement failed on a member's refusal or conflict, written again member by member in one transaction",
+  incremental: true
+})
+
 /** The group writer's sizes and latencies, observed in place and reported every second (no fiber per write). */
 const reportGroups = (producer: string, group: GroupCommit) =>
   Effect.gen(function*() {
@@ -100,6 +105,7 @@ const reportGroups = (producer: string, group: GroupCommit) =>
     for (const size of o.sizes) yield* Metric.update(Metric.withAttributes(groupSize, attributes), size)
     for (const seconds of o.latencies) yield* Metric.update(Metric.withAttributes(groupSeconds, attributes), seconds)
     if (o.refused > 0) yield* Metric.update(Metric.withAttributes(writeRefused, attributes), o.refused)
+    if (o.atOnceFailed > 0) yield* Metric.update(Metric.withAttributes(groupsWrittenExactly, attributes), o.atOnceFailed)
   }).pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkScoped)
 
 export class Producer extends Context.Service<Producer, ProducerShape>()("caracal/core/Producer") {

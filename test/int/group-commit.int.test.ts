@@ -1,11 +1,13 @@
 // Group commit: commands written together still get each their own outcome, exactly as alone.
 import { Cause, Effect, Exit } from "effect"
 import { sql } from "kysely"
+import pg from "pg"
 import { randomUUID } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type CapacityChange, execute, type Execution } from "../../core/command.ts"
 import { memberWrite } from "../../core/command-write.ts"
 import { GroupCommit } from "../../core/group-commit.ts"
+import { OUTBOX_CHANNEL, outboxSignal } from "../../core/outbox-signal.ts"
 import { makeHarness, type Harness, PRODUCER } from "../fixtures/harness.ts"
 import { account, balanceRows, type LedgerCommand, LedgerRejected, registry } from "../fixtures/ledger.ts"
 
@@ -68,8 +70,9 @@ describe("a group with a refusal, a sequence conflict, an idempotent replay and 
       command(group, ids[4]!, { _tag: "Deposit", amount: 5 }),
       command(group, ids[5]!, { _tag: "Deposit", amount: 6 })
     ])
-    const { sizes, writtenAlone } = group.drain()
+    const { sizes, writtenAlone, atOnceFailed } = group.drain()
     expect(sizes[0]).toBe(7) // all seven in one group; then the retries of the members that lost
+    expect(atOnceFailed).toBe(1) // its single statement failed, so it was written the exact way
     expect(writtenAlone).toBe(0) // the group held: the failing members were undone inside it
     expect(sizes.length).toBeGreaterThan(1)
 
@@ -102,6 +105,67 @@ describe("a group with a refusal, a sequence conflict, an idempotent replay and 
   })
 })
 
+describe("a group in which every member passes", () => {
+  it("is one statement: each member's events, outbox rows, idempotency key and projection row, one commit, and the relay's wake-up", async () => {
+    outboxSignal.setLeading(PRODUCER, false) // the relay leads elsewhere: the commit must NOTIFY it
+    const listener = new pg.Client({ connectionString: h.db.url })
+    await listener.connect()
+    await listener.query(`listen ${OUTBOX_CHANNEL}`)
+    const woken = new Promise<string | undefined>((resolve) => listener.on("notification", (n) => resolve(n.payload)))
+    try {
+      const run = randomUUID().slice(0, 8)
+      const ids = Array.from({ length: 4 }, (_, i) => `${run}-${i}`)
+      const key = randomUUID()
+      const group = slowGroup()
+      const exits = await Promise.all(ids.map((id, i) =>
+        command(group, id, { _tag: "Open", owner: "o" }, i === 1 ? { meta: h.meta({ idempotencyKey: key }) } : {})))
+      const o = group.drain()
+      expect([o.sizes, o.atOnce, o.atOnceFailed, o.writtenAlone]).toEqual([[4], 1, 0, 0])
+      expect(await woken).toBe(PRODUCER)
+
+      // each caller got the position and transaction its own event was given
+      const events = await sql<{ aggregate_id: string; position: string; transaction_id: string }>`
+        select aggregate_id, position::text, transaction_id::text from events where aggregate_id like ${`${run}-%`} order by aggregate_id`.execute(db())
+      expect(events.rows.map((r) => r.aggregate_id)).toEqual(ids)
+      expect(new Set(events.rows.map((r) => r.transaction_id)).size).toBe(1) // one commit
+      const told = exits.map((e) => (e as unknown as Exit.Success<{ events: ReadonlyArray<{ position: string; transaction_id: string }> }>).value.events)
+      expect(told.map((t) => [t.length, t[0]!.position, t[0]!.transaction_id])).toEqual(events.rows.map((r) => [1, r.position, r.transaction_id]))
+      expect(await n(sql`select count(*)::text as n from outbox o join events e on e.position = o.event_position
+        where e.aggregate_id like ${`${run}-%`}`)).toBe(4)
+      expect(await n(sql`select count(*)::text as n from balances where account_id like ${`${run}-%`}`)).toBe(4)
+
+      // the key was recorded with the group: its second use is a replay and writes nothing
+      const again = await command(slowGroup(), `${run}-other`, { _tag: "Open", owner: "o" }, { meta: h.meta({ idempotencyKey: key }) })
+      expect((again as unknown as Exit.Success<{ replayed: boolean }>).value.replayed).toBe(true)
+      expect(await n(sql`select count(*)::text as n from events where aggregate_id = ${`${run}-other`}`)).toBe(0)
+    } finally {
+      await listener.end()
+    }
+  })
+})
+
+describe("after a group's single statement fails", () => {
+  it("the next eight groups are written the exact way straight away, and the one after at once again", async () => {
+    const run = randomUUID().slice(0, 8)
+    const [a, b] = [`${run}-a`, `${run}-b`]
+    const opening = slowGroup()
+    await Promise.all([command(opening, a, { _tag: "Open", owner: "o" }), command(opening, b, { _tag: "Open", owner: "o" })])
+    const group = new GroupCommit(db(), { maxSize: 64, windowUs: 200_000, queueMax: 1_000, deadlineMs: 10_000 })
+    const pair = (amountA: number) => Promise.all([command(group, a, { _tag: "Deposit", amount: amountA }), command(group, b, { _tag: "Deposit", amount: 1 })])
+    const [refused, passed] = await pair(500)
+    expect([errorOf(refused), passed._tag]).toEqual([new LedgerRejected({ reason: "over_limit" }), "Success"])
+    expect(group.drain()).toMatchObject({ sizes: [2], atOnce: 0, atOnceFailed: 1 })
+    for (let i = 0; i < 8; i++) {
+      for (const exit of await pair(1)) expect(exit._tag).toBe("Success")
+    }
+    expect(group.drain()).toMatchObject({ atOnce: 0, atOnceFailed: 0 })
+    for (const exit of await pair(1)) expect(exit._tag).toBe("Success")
+    expect(group.drain()).toMatchObject({ sizes: [2], atOnce: 1, atOnceFailed: 0 })
+    const rows = await sql<{ balance: string }>`select balance from balances where account_id in (${a}, ${b}) order by account_id`.execute(db())
+    expect(rows.rows.map((r) => Number(r.balance))).toEqual([9, 10])
+  })
+})
+
 describe("a group with a member whose projection is a bug", () => {
   it("writes the other members, and that member alone fails as a defect", async () => {
     const run = randomUUID().slice(0, 8)
@@ -113,8 +177,8 @@ describe("a group with a member whose projection is a bug", () => {
       }),
       command(group, `${run}-g2`, { _tag: "Open", owner: "o" })
     ])
-    const { sizes, writtenAlone } = group.drain()
-    expect([sizes[0], writtenAlone]).toEqual([3, 1]) // one group, written member by member
+    const { sizes, writtenAlone, atOnceFailed } = group.drain()
+    expect([sizes[0], atOnceFailed, writtenAlone]).toEqual([3, 1, 1]) // one group, written member by member
     expect([good1._tag, good2._tag]).toEqual(["Success", "Success"])
     expect(errorOf(bad)).toBe("defect")
     expect(await n(sql`select count(*)::text as n from events where aggregate_id = ${`${run}-bad`}`)).toBe(0)
