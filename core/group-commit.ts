@@ -1,5 +1,6 @@
 // Group commit: commands that arrive while a group is being written (or within a short
-// window when none is) are written together: one transaction, in which one call of
+// window when none is) are written together. First in one statement (core/group-statement.ts);
+// if a member would fail, the exact way: one transaction, in which one call of
 // caracal_write_group (core/migrations/0009_write_group.ts) writes every member's events,
 // outbox rows and idempotency key set-based and takes each member's capacity, then one
 // statement writes the projection rows of the members that passed. Each member gets its own
@@ -28,7 +29,7 @@ export interface GroupCommitOptions {
   readonly deadlineMs: number
 }
 
-export const DEFAULT_GROUP_COMMIT: GroupCommitOptions = { maxSize: 64, windowUs: 200, queueMax: 10_000, deadlineMs: 5_000 }
+export const DEFAULT_GROUP_COMMIT: GroupCommitOptions = { maxSize: 32, windowUs: 200, queueMax: 10_000, deadlineMs: 5_000 }
 
 /**
  * Groups written at once: one can commit (wait for its WAL flush) while the next executes,
@@ -151,13 +152,17 @@ export class GroupCommit {
 
   /**
    * An idle writer waits up to the window for more members (one event-loop turn at a time, so
-   * arrivals get in); a full group, or members that queued behind a running group, go at once.
+   * arrivals get in); a full group goes at once. While a group is being written, the next waits
+   * one event-loop turn: the members decided in the same burst (the callers the last group
+   * answered) go together, rather than the first alone. So under a steady load two groups
+   * alternate: one is decided here while the other is written (measured: +30% commands/s at 64
+   * in flight with groups of 32, where groups of 64 left this process and Postgres taking turns).
    */
   private schedule() {
     if (this.waiting || this.running >= IN_FLIGHT || this.queue.length === 0) return
-    if (this.queue.length >= this.options.maxSize || this.running > 0) return this.send()
+    if (this.queue.length >= this.options.maxSize) return this.send()
     this.waiting = true
-    const until = performance.now() + this.options.windowUs / 1000
+    const until = this.running > 0 ? 0 : performance.now() + this.options.windowUs / 1000
     const tick = () => {
       if (this.queue.length >= this.options.maxSize || performance.now() >= until) {
         this.waiting = false

@@ -213,6 +213,28 @@ describe("two members of one group on one row", () => {
   })
 })
 
+describe("members decided while a group is being written", () => {
+  it("wait one event-loop turn and go as one group, not the first alone", async () => {
+    const run = randomUUID().slice(0, 8)
+    const group = new GroupCommit(db(), { maxSize: 8, windowUs: 0, queueMax: 1_000, deadlineMs: 10_000 })
+    const x = { aggregate: account, meta: h.meta(), producer: PRODUCER, streams: () => [h.stream], result: () => null }
+    const member = (id: string) => {
+      const pending = [{ id: randomUUID(), aggregateType: "account", aggregateId: id, sequence: 1, type: "AccountOpened", schemaVersion: 1, data: { owner: "o" } }]
+      return group.write({
+        order: id,
+        write: memberWrite({ ...x, id }, pending, null, "s", null),
+        changes: balanceRows("balances", id, { status: "Open", owner: "o", balance: 0, deposits: 0 }, pending),
+        alone: () => Promise.reject(new Error("written alone"))
+      })
+    }
+    const first = [member(`${run}-1`), member(`${run}-2`)]
+    await new Promise((resolve) => setImmediate(resolve)) // the first group is sent, and not yet answered
+    const burst = [member(`${run}-3`), member(`${run}-4`), member(`${run}-5`)]
+    await Promise.all([...first, ...burst])
+    expect(group.drain().sizes).toEqual([2, 3])
+  })
+})
+
 describe("under overload", () => {
   it("a command past its deadline gets DbError (503) and is not written; commands already sent are all acknowledged and kept", async () => {
     const group = new GroupCommit(db(), { maxSize: 4, windowUs: 0, queueMax: 1_000, deadlineMs: 300 })
