@@ -226,7 +226,8 @@ export class GroupCommit {
         group.forEach((m, i) => m.resolve(written[i]!))
         return
       } catch (e) {
-        // nothing of it was written; unavailable, every member gets the error, else the exact way tells who failed
+        // A refusal or a conflict aborted the statement, so nothing of it was written: the exact way
+        // tells who failed. Postgres unavailable: every member gets the error (503), as any write does.
         if (isUnavailable(e)) {
           for (const m of group) m.reject(e)
           return

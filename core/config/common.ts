@@ -63,7 +63,7 @@ export const producerVars = (defaults: { readonly pollMs: string; readonly batch
   IDEMPOTENCY_RETENTION_HOURS: withDefault(p.int(1, 8_760), "24",
     "Hours an Idempotency-Key returns its first result (some commands free it earlier, e.g. a spawn once its session ended)"),
   WRITE_GROUP_MAX_SIZE: withDefault(p.int(1, 1_000), "32",
-    "Commands written together in one transaction (group commit); 1 writes each command on its own"),
+    "Commands written together, in one statement (group commit); 1 writes each command on its own"),
   WRITE_GROUP_WINDOW_US: withDefault(p.int(0, 100_000), "200",
     "Microseconds an idle writer waits for more commands before writing a group (a busy one waits one event-loop turn)"),
   WRITE_QUEUE_MAX: withDefault(p.int(1, 1_000_000), "10000", "Commands that may wait for a group; past it a command gets 503 at once"),
