@@ -93,7 +93,7 @@ const writeRefused = Metric.counter("caracal_write_refused_total", {
 })
 
 const groupsWrittenExactly = Metric.counter("caracal_write_group_exact_total", {
-  description: "Groups whose single statement failed on a member's refusal or conflict, written again member by member in one transaction",
+  description: "Groups whose single statement failed on a member's refusal or conflict, then written the exact way (caracal_write_group: each member its own outcome)",
   incremental: true
 })
 
