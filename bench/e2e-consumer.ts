@@ -21,9 +21,12 @@ const redis = new Redis(stackEnv().REDIS_URL)
 const projection = balancesProjection("projected", "projected")
 const wallNow = () => performance.timeOrigin + performance.now()
 
+// also when the batch reached this process, and each entry's XADD time (the ms part of its id)
 const apply = async (events: ReadonlyArray<ReceivedEvent>) => {
+  const read = wallNow()
   await applyDeliveredToPostgres(database.db, registry, projection, events.map((e) => e.envelope))
-  process.stdout.write(`${JSON.stringify({ at: wallNow(), ids: events.map((e) => e.envelope.id) })}\n`)
+  const xadd = events.map((e) => Number(e.entryId.split("-")[0]))
+  process.stdout.write(`${JSON.stringify({ at: wallNow(), read, ids: events.map((e) => e.envelope.id), xadd })}\n`)
 }
 
 const consumer = makeConsumer({

@@ -43,19 +43,29 @@ consumer.child.stdout.on("data", (chunk: Buffer) => {
   while ((nl = pendingOutput.indexOf("\n")) !== -1) {
     const line = pendingOutput.slice(0, nl)
     pendingOutput = pendingOutput.slice(nl + 1)
-    const { at, ids } = JSON.parse(line) as { at: number; ids: Array<string> }
-    record(at, ids)
+    const { at, read, ids, xadd } = JSON.parse(line) as { at: number; read: number; ids: Array<string>; xadd: Array<number> }
+    record(at, read, ids, xadd)
   }
 })
 const wallNow = () => performance.timeOrigin + performance.now()
-const record = (appliedAt: number, ids: ReadonlyArray<string>) => {
-  for (const id of ids) {
+// where an event's latency goes: command start → acknowledged (commit), → XADD (publish),
+// → its batch in the consumer's hands (deliver), → applied (apply); the clocks are one machine's
+const committedAt = new Map<string, number>()
+const splits = { commit: [] as Array<number>, publish: [] as Array<number>, deliver: [] as Array<number>, apply: [] as Array<number> }
+const record = (appliedAt: number, readAt: number, ids: ReadonlyArray<string>, xadd: ReadonlyArray<number>) => {
+  ids.forEach((id, i) => {
     const t = started.get(id)
-    if (t !== undefined) {
+    const c = committedAt.get(id)
+    if (t !== undefined && c !== undefined) {
       latencies.push(appliedAt - t)
+      splits.commit.push(c - t)
+      splits.publish.push(xadd[i]! - c)
+      splits.deliver.push(readAt - xadd[i]!)
+      splits.apply.push(appliedAt - readAt)
       started.delete(id)
+      committedAt.delete(id)
     }
-  }
+  })
   appliedCount += ids.length
 }
 const running = [relay.run()]
@@ -72,7 +82,13 @@ const command = (id: string, c: Parameters<typeof account.decide>[0], isNew = fa
     aggregate: account, id, command: c, isNew, signer: key,
     meta: { zoneId: "z1", actor: { kind: "bench", id: "b" }, now: new Date(), correlationId: randomUUID() },
     producer: "e2e", streams: () => [stream], projectRows: (s, pending) => balanceRows("balances", id, s, pending), result: () => null
-  })).then((o) => { for (const e of o.events) started.set(e.id, t) })
+  })).then((o) => {
+    const c = wallNow()
+    for (const e of o.events) {
+      started.set(e.id, t)
+      committedAt.set(e.id, c)
+    }
+  })
 }
 const waitApplied = async (n: number, timeoutMs: number) => {
   const deadline = Date.now() + timeoutMs
@@ -117,6 +133,7 @@ report({ bench: "e2e", metric: "sustained_events_per_s_c64", value: sustained, u
 
 // 2. latency at 30% of the measured capacity, for 10 s
 latencies.length = 0
+for (const part of Object.values(splits)) part.length = 0
 const RATE = Math.round(0.3 * sustained)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
 const before = appliedCount
@@ -134,6 +151,10 @@ const sorted = latencies.sort((a, b) => a - b)
 // latency figures are printed against their targets (10 ms, 50 ms) as the ceiling
 report({ bench: "e2e", metric: `p50_latency_at_${RATE}_per_s`, value: percentile(sorted, 50), unit: "ms", ceiling: 10 })
 report({ bench: "e2e", metric: `p99_latency_at_${RATE}_per_s`, value: percentile(sorted, 99), unit: "ms", ceiling: 50 })
+// the split of that latency: each part's median beside the whole's (they need not add up exactly)
+for (const [part, values] of Object.entries(splits)) {
+  report({ bench: "e2e", metric: `p50_${part}_ms_of_p50_latency`, value: percentile(values.sort((a, b) => a - b), 50), unit: "ms", ceiling: percentile(sorted, 50) })
+}
 
 // the projection equals the inline state
 const diff = await sql<{ n: string }>`select count(*)::text as n from balances b full join projected p using (account_id)
