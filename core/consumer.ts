@@ -225,7 +225,10 @@ export const makeConsumer = <T = Envelope>(opts: ConsumerOptions<T>): Consumer =
     stats.handled += good.length
     // acknowledged while the next read waits (a round trip less per batch): an acknowledgement
     // lost with a crash only redelivers what the checkpoints then skip
-    if (ack.length > 0) acking = opts.redis.xack(stream, opts.group, ...ack)
+    if (ack.length > 0) {
+      acking = opts.redis.xack(stream, opts.group, ...ack)
+      acking.catch(() => undefined) // awaited by acked(); never an unhandled rejection meanwhile
+    }
   }
 
   const deliveriesOf = async (stream: string, ids: ReadonlyArray<string>) => {
