@@ -28,7 +28,7 @@ const stream = keys.stream("account")
 const rawKey = randomBytes(32)
 const key = signingKey(rawKey)
 
-const started = new Map<string, number>() // event id → when its command started (wall clock, ms)
+const started = new Map<string, { readonly at: number; readonly committed: number }>() // event id → when its command started and was acknowledged (wall clock, ms)
 const latencies: Array<number> = []
 let appliedCount = 0
 
@@ -50,20 +50,17 @@ consumer.child.stdout.on("data", (chunk: Buffer) => {
 const wallNow = () => performance.timeOrigin + performance.now()
 // where an event's latency goes: command start → acknowledged (commit), → XADD (publish),
 // → its batch in the consumer's hands (deliver), → applied (apply); the clocks are one machine's
-const committedAt = new Map<string, number>()
 const splits = { commit: [] as Array<number>, publish: [] as Array<number>, deliver: [] as Array<number>, apply: [] as Array<number> }
 const record = (appliedAt: number, readAt: number, ids: ReadonlyArray<string>, xadd: ReadonlyArray<number>) => {
   ids.forEach((id, i) => {
-    const t = started.get(id)
-    const c = committedAt.get(id)
-    if (t !== undefined && c !== undefined) {
-      latencies.push(appliedAt - t)
-      splits.commit.push(c - t)
-      splits.publish.push(xadd[i]! - c)
+    const s = started.get(id)
+    if (s !== undefined) {
+      latencies.push(appliedAt - s.at)
+      splits.commit.push(s.committed - s.at)
+      splits.publish.push(xadd[i]! - s.committed)
       splits.deliver.push(readAt - xadd[i]!)
       splits.apply.push(appliedAt - readAt)
       started.delete(id)
-      committedAt.delete(id)
     }
   })
   appliedCount += ids.length
@@ -83,11 +80,8 @@ const command = (id: string, c: Parameters<typeof account.decide>[0], isNew = fa
     meta: { zoneId: "z1", actor: { kind: "bench", id: "b" }, now: new Date(), correlationId: randomUUID() },
     producer: "e2e", streams: () => [stream], projectRows: (s, pending) => balanceRows("balances", id, s, pending), result: () => null
   })).then((o) => {
-    const c = wallNow()
-    for (const e of o.events) {
-      started.set(e.id, t)
-      committedAt.set(e.id, c)
-    }
+    const committed = wallNow()
+    for (const e of o.events) started.set(e.id, { at: t, committed })
   })
 }
 const waitApplied = async (n: number, timeoutMs: number) => {
