@@ -1,11 +1,14 @@
 // Consumer groups and projections: applied once despite duplicates and crashes, poison
 // parked with its reason, catch-up + follow, rebuild equals live.
+import { Redis } from "ioredis"
 import { sql } from "kysely"
+import { randomBytes } from "node:crypto"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import type { ReceivedEvent } from "../../core/consumer.ts"
 import { applyDeliveredToPostgres, applyToPostgres, catchUpPostgres, LogTampered, MemoryProjectionRunner, rebuildPostgres, upcastRow } from "../../core/projection.ts"
 import { entryFields } from "../../core/relay.ts"
 import { sign } from "../../core/signing.ts"
+import { stackEnv } from "../../core/testing/index.ts"
 import { makeHarness, type Harness, until } from "../fixtures/harness.ts"
 import { balancesProjection, ledgerTable, registry, memoryBalances } from "../fixtures/ledger.ts"
 
@@ -312,5 +315,59 @@ describe("when two appliers take batches of the same aggregates at once (two con
     expect(a + b).toBeLessThanOrEqual(160)
     // every deposit counted once: a double application would show in balance and deposits
     expect(await table("p_two")).toEqual(await table("balances"))
+  })
+})
+
+describe("when a batch's acknowledgement fails while the next read is already answered", () => {
+  it("the member reads its own pending entries again at once and applies the answered read, instead of leaving it to the idle claim", async () => {
+    const projection = await fresh("p_ackfail")
+    const applied: Array<string> = []
+    // the consumer's connection belongs to a user whose XACK right this test takes away and gives back
+    const user = `ackless_${randomBytes(4).toString("hex")}`
+    const admin = h.redis.redis
+    await admin.call("ACL", "SETUSER", user, "on", "nopass", "~*", "&*", "+@all")
+    const own = new Redis(stackEnv().REDIS_URL, { username: user, password: "x" })
+    own.on("error", () => {})
+    const errors: Array<string> = []
+    let batches = 0
+    const relay = h.relay()
+    const consumer = h.consumer("g-ackfail", applier(projection, applied), {
+      redis: own,
+      count: 2,
+      claimIdleMs: 120_000, // the idle claim must not be what rescues the answered read
+      handleBatch: async (events) => {
+        await applyDeliveredToPostgres(h.db.database.db, registry, projection, events.map((e) => e.envelope))
+        for (const e of events) applied.push(`${e.envelope.aggregate.id}@${e.envelope.sequence}`)
+        if (++batches > 1) return
+        // this batch's XACK will be refused; the next read finds two more entries already there
+        await admin.call("ACL", "SETUSER", user, "-xack")
+        await h.run("af-2", { _tag: "Open", owner: "a" })
+        await h.run("af-3", { _tag: "Open", owner: "a" })
+        await until(async () => (await admin.xlen(h.stream)) >= 4, 10_000, "two more entries on the stream")
+      },
+      onError: (e) => {
+        errors.push(e instanceof Error ? e.message : String(e))
+        void admin.call("ACL", "SETUSER", user, "+xack")
+      }
+    })
+    await h.run("af-0", { _tag: "Open", owner: "a" })
+    await h.run("af-1", { _tag: "Open", owner: "a" })
+    const relaying = relay.run()
+    await until(async () => (await admin.xlen(h.stream)) >= 2, 10_000, "the first two entries on the stream")
+    const consuming = consumer.run()
+    try {
+      await until(async () => (await table("p_ackfail")).length === 4, 10_000, "the answered read applied without waiting for the claim")
+      expect(errors.some((m) => /NOPERM/i.test(m))).toBe(true)
+      // every entry applied once, and nothing left pending once XACK is allowed again
+      expect(new Set(applied).size).toBe(applied.length)
+      expect(applied.sort()).toEqual(["af-0@1", "af-1@1", "af-2@1", "af-3@1"])
+      await until(async () => ((await admin.xpending(h.stream, "g-ackfail")) as [number])[0] === 0, 10_000, "every entry acknowledged")
+    } finally {
+      relay.stop()
+      consumer.stop()
+      await Promise.all([relaying, consuming])
+      own.disconnect()
+      await admin.call("ACL", "DELUSER", user)
+    }
   })
 })
