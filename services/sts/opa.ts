@@ -54,10 +54,18 @@ export const pointerModule = (zoneId: string, setVersionId: string) =>
   `package ${zonePackage(zoneId)}\n\n# written by the sts: the zone's active policy set version ${setVersionId}\n` +
   `result := data.${versionPackage(zoneId, setVersionId)}.result\n`
 
-/** A marker module whose absence tells a reconciler that OPA lost what it was given (restarted empty). */
+/**
+ * A marker module whose absence tells a reconciler that OPA lost what it was given (restarted
+ * empty). It also holds the batch rule (opa-batch.ts): `decisions[i]` is zone `items[i].zone`'s
+ * result on `items[i].input` — several exchanges' decisions in one request, each evaluated
+ * exactly as if asked alone (its own input, its own zone's package).
+ */
 export const markerId = (ns: string) => `${ns}/sync-marker`
 export const markerPath = (ns: string) => `caracal/sync/${segment("n", ns)}/loaded`
-export const markerModule = (ns: string) => `package caracal.sync.${segment("n", ns)}\n\nloaded := true\n`
+export const batchPath = (ns: string) => `caracal/sync/${segment("n", ns)}/decisions`
+export const markerModule = (ns: string) =>
+  `package caracal.sync.${segment("n", ns)}\n\nloaded := true\n\n` +
+  `decisions[i] := r if {\n  some i, item in input.items\n  r := data.caracal.zones[item.zone].authz.result with input as item.input\n}\n`
 
 // ---------------------------------------------------------------- the REST calls
 

@@ -18,7 +18,8 @@ import { errorResponse, httpError } from "../../core/http/errors.ts"
 import { requireSignedCall, serviceHmacKeys } from "../../core/internal-call.ts"
 import { RedisClient } from "../../core/redis/redis.ts"
 import { stsSpec } from "./config.ts"
-import { type Decision, decisionPath, makeOpa, newDecisionId, type Opa, PolicyUnavailable, readDecision } from "./opa.ts"
+import { type Decision, makeOpa, newDecisionId, PolicyUnavailable, readDecision } from "./opa.ts"
+import { type DecisionQueue, makeDecisionQueue } from "./opa-batch.ts"
 import { activeSetOf, policyChanges, reportDrift } from "./policy-sync.ts"
 
 export { type Decision, PolicyUnavailable } from "./opa.ts"
@@ -39,7 +40,8 @@ export interface PolicyEngineShape {
 
 export const makePolicyEngine = (deps: {
   readonly db: Kysely<Tables>
-  readonly opa: Opa
+  /** OPA, asked through the queue that batches decisions under load (opa-batch.ts). */
+  readonly decisions: DecisionQueue
   readonly timeoutMs: number
   /** Logs a warning with the service's logger (the decision itself runs outside any effect). */
   readonly warn: (message: string, fields: Record<string, unknown>) => void
@@ -83,7 +85,7 @@ export const makePolicyEngine = (deps: {
       // both asked at once (a decision waits for the slower, not for their sum); the tables have the last word
       const both = Promise.all([
         activeSet(zoneId).then((value) => ({ value }), (cause: unknown) => ({ cause })),
-        deps.opa.evaluate(decisionPath(zoneId), input, controller.signal).then((value) => ({ value }), (cause: unknown) => ({ cause }))
+        deps.decisions.ask(zoneId, input, controller.signal).then((value) => ({ value }), (cause: unknown) => ({ cause }))
       ])
       const settled = await Promise.race([both, timedOut])
       if (settled === "timeout") return fail("timeout", `no decision within ${deps.timeoutMs} ms`)
@@ -117,6 +119,12 @@ export const makePolicyEngine = (deps: {
   }
 }
 
+// Measured with the sts bench on two cores: one request out at a time made larger batches, but
+// every decision then waited for the one before it (p99 at half rate 29–41 ms against 19–22 ms
+// with two); without batching the sts reached 0.39–0.41 of its ceiling, with it 0.51–0.67.
+const OPA_MAX_IN_FLIGHT = 2
+const OPA_MAX_BATCH = 64
+
 export class PolicyEngine extends Context.Service<PolicyEngine, PolicyEngineShape>()("caracal/sts/PolicyEngine") {
   /** Reads OPA_URL and OPA_TIMEOUT_MS; needs the Database. */
   static readonly layer = Layer.effect(PolicyEngine, Effect.gen(function*() {
@@ -125,7 +133,12 @@ export class PolicyEngine extends Context.Service<PolicyEngine, PolicyEngineShap
     const context = yield* Effect.context<never>()
     return PolicyEngine.of(makePolicyEngine({
       db: database.db,
-      opa: makeOpa(vars.OPA_URL),
+      decisions: makeDecisionQueue(makeOpa(vars.OPA_URL), {
+        ns: vars.REDIS_KEY_PREFIX,
+        maxInFlight: OPA_MAX_IN_FLIGHT,
+        maxBatch: OPA_MAX_BATCH,
+        timeoutMs: vars.OPA_TIMEOUT_MS
+      }),
       timeoutMs: vars.OPA_TIMEOUT_MS,
       warn: (message, fields) => void Effect.runForkWith(context)(Effect.logWarning(message).pipe(Effect.annotateLogs(fields)))
     }))
