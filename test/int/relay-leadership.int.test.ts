@@ -135,9 +135,11 @@ describe("when the leader's database connections are killed and a second relay s
     try {
       await until(() => leads(a), 30_000, "relay A leads")
       await until(async () => (await streamLength()) > 50, 30_000, "A publishes")
-      // the connection that holds leadership (an advisory lock, in an earlier design) and listens
+      // the connection that held leadership (an advisory lock, in an earlier design), and the one
+      // that listens and claims the relay's batches
       const { rows } = await sql<{ n: string }>`select count(pg_terminate_backend(pid))::text as n from pg_stat_activity
-        where application_name = 'relay-a' and (query ilike 'listen%' or query ilike '%advisory_lock%')`.execute(h.db.database.db)
+        where application_name = 'relay-a'
+          and (query ilike 'listen%' or query ilike 'set plan_cache_mode%' or query ilike '%with blocked as%' or query ilike '%advisory_lock%')`.execute(h.db.database.db)
       expect(Number(rows[0]!.n)).toBeGreaterThan(0)
       b = startRelay("relay-b")
       const before = await streamLength()
