@@ -34,6 +34,8 @@ export const makeDecisionQueue = (opa: Opa, options: {
   readonly maxBatch: number
   /** A batch request's own deadline (its members have theirs). */
   readonly timeoutMs: number
+  /** Told the size of every request sent (1: a decision asked alone), for /metrics. */
+  readonly onSend?: (decisions: number) => void
 }): DecisionQueue => {
   const waiting: Array<Waiting> = []
   let inFlight = 0
@@ -79,6 +81,7 @@ export const makeDecisionQueue = (opa: Opa, options: {
       }
       if (group.length === 0) continue
       inFlight++
+      options.onSend?.(group.length)
       void (group.length === 1 ? alone(group[0]!) : together(group)).finally(() => {
         inFlight--
         gather()

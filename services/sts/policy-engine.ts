@@ -29,6 +29,11 @@ const decisions = Metric.counter("caracal_policy_decisions_total", {
   incremental: true
 })
 
+const batchSize = Metric.histogram("caracal_policy_batch_size", {
+  description: "Decisions per request to OPA (1: asked alone; more: gathered while two requests were out)",
+  boundaries: [1, 2, 4, 8, 16, 32, 64]
+})
+
 const noActivePolicy = (): Decision => ({ allow: false, reason: "no_active_policy", decisionId: newDecisionId() })
 
 export interface PolicyEngineShape {
@@ -137,7 +142,8 @@ export class PolicyEngine extends Context.Service<PolicyEngine, PolicyEngineShap
         ns: vars.REDIS_KEY_PREFIX,
         maxInFlight: OPA_MAX_IN_FLIGHT,
         maxBatch: OPA_MAX_BATCH,
-        timeoutMs: vars.OPA_TIMEOUT_MS
+        timeoutMs: vars.OPA_TIMEOUT_MS,
+        onSend: (decisions) => Effect.runSync(Metric.update(batchSize, decisions))
       }),
       timeoutMs: vars.OPA_TIMEOUT_MS,
       warn: (message, fields) => void Effect.runForkWith(context)(Effect.logWarning(message).pipe(Effect.annotateLogs(fields)))

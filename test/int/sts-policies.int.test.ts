@@ -299,6 +299,25 @@ describe("when two zones have contradictory policies", () => {
   })
 })
 
+describe("when many decisions are asked at once", () => {
+  it("each is its own zone's answer, and /metrics counts every decision sent to OPA once, alone or in a batch", async () => {
+    const metric = async (name: string) => {
+      const text = await (await fetch(`${stsB!.url}/metrics`)).text()
+      const line = text.split("\n").find((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `))
+      return line === undefined ? 0 : Number(line.split(" ").at(-1))
+    }
+    const [sum0, count0] = [await metric("caracal_policy_batch_size_sum"), await metric("caracal_policy_batch_size_count")]
+    const zones = Array.from({ length: 30 }, (_, i) => (i % 3 === 0 ? denyZone : allowZone))
+    const answers = await Promise.all(zones.map((z) => decide(stsB!, z)))
+    expect(answers.map((a) => a.status)).toEqual(zones.map(() => 200))
+    expect(answers.map((a) => a.body.reason)).toEqual(zones.map((z) => (z === denyZone ? "zone_denies" : "zone_allows")))
+    expect((await metric("caracal_policy_batch_size_sum")) - sum0).toBe(30)
+    const requests = (await metric("caracal_policy_batch_size_count")) - count0
+    expect(requests).toBeGreaterThanOrEqual(1)
+    expect(requests).toBeLessThanOrEqual(30)
+  })
+})
+
 describe("when a zone's active set is archived", () => {
   it("the zone falls back to its latest other activated set, then to none", async () => {
     const zone = await zoneNamed("archiving")
