@@ -416,14 +416,15 @@ describe("when OPA is down, frozen or restarted empty", () => {
     for (const [zone, reason] of active) await until(stsC, zone(), reason, 10_000)
   })
 
-  it("OPA frozen (SIGSTOP): 503 within OPA_TIMEOUT_MS, never an allow", async () => {
+  it("OPA frozen (SIGSTOP): 503 within OPA_TIMEOUT_MS, never an allow — also for decisions waiting to be sent, or sent together", async () => {
     privateOpa!.child.kill("SIGSTOP")
     try {
       const started = Date.now()
-      const r = await decide(stsC, allowZone)
+      // more than the two requests the sts keeps out to OPA: the rest wait, then go together
+      const answers = await Promise.all(Array.from({ length: 20 }, () => decide(stsC, allowZone)))
       const ms = Date.now() - started
-      expect(r.status).toBe(503)
-      expect(r.body.allow).toBeUndefined()
+      expect(answers.map((r) => r.status)).toEqual(answers.map(() => 503))
+      expect(answers.every((r) => r.body.allow === undefined)).toBe(true)
       expect(ms).toBeLessThan(3_000)
     } finally {
       privateOpa!.child.kill("SIGCONT")
