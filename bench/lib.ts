@@ -29,6 +29,28 @@ export const throughput = async (total: number, concurrency: number, task: (i: n
 }
 
 /**
+ * Offers `task` open-loop at `rate` per second for `seconds` (each start on a fixed schedule,
+ * whatever the earlier ones are doing); returns every task's latency in ms, sorted.
+ */
+export const openLoop = async (rate: number, seconds: number, task: (i: number) => Promise<unknown>) => {
+  const latencies: Array<number> = []
+  const inflight: Array<Promise<void>> = []
+  const start = performance.now()
+  for (let i = 0; i < rate * seconds; i++) {
+    const due = start + (i * 1000) / rate
+    const wait = due - performance.now()
+    if (wait > 1) await new Promise((r) => setTimeout(r, wait))
+    inflight.push((async () => {
+      const t = performance.now()
+      await task(i)
+      latencies.push(performance.now() - t)
+    })())
+  }
+  await Promise.all(inflight)
+  return latencies.sort((a, b) => a - b)
+}
+
+/**
  * A service's collection pauses so far (its /metrics), as `<kind>_sum` seconds and
  * `<kind>_count`; two of them subtracted give a phase's (BENCH_GC=1 prints them).
  */
