@@ -10,7 +10,7 @@ import { makeKeys } from "../core/redis/keys.ts"
 import { freshDatabase } from "../core/testing/index.ts"
 import { coordinatorProducer, makeCommands, PRODUCER } from "../services/coordinator/commands.ts"
 import { makeProducer } from "../core/producer.ts"
-import { percentile, report, throughput } from "./lib.ts"
+import { openLoop, percentile, report, throughput } from "./lib.ts"
 
 const N = Number(process.env.BENCH_N ?? 3000)
 const C = 16
@@ -50,22 +50,13 @@ report({ bench: "coordinator", metric: "spawn_terminate_pairs_per_s_c16", value:
 // spawn latency at half the pair rate, offered on a fixed schedule
 const rate = pairRate / 2
 const seconds = Number(process.env.BENCH_SECONDS ?? 10)
-const latencies: Array<number> = []
-const start = performance.now()
-const inflight: Array<Promise<void>> = []
-for (let i = 0; i < rate * seconds; i++) {
-  const due = start + (i * 1000) / rate
-  const wait = due - performance.now()
-  if (wait > 1) await new Promise((r) => setTimeout(r, wait))
-  inflight.push((async () => {
-    const t = performance.now()
-    const s = await Effect.runPromise(commands.spawn(caller(i), { applicationId: "app-bench", parentId: undefined, kind: "instance", ttlSeconds: undefined, metadata: {} }))
-    latencies.push(performance.now() - t)
-    await Effect.runPromise(commands.terminate(caller(i), s.result.id, "done"))
-  })())
-}
-await Promise.all(inflight)
-latencies.sort((a, b) => a - b)
+// each spawn's terminate follows it, untimed: the load is pairs, the latency the spawn's
+const terminations: Array<Promise<unknown>> = []
+const latencies = await openLoop(rate, seconds, async (i) => {
+  const s = await Effect.runPromise(commands.spawn(caller(i), { applicationId: "app-bench", parentId: undefined, kind: "instance", ttlSeconds: undefined, metadata: {} }))
+  terminations.push(Effect.runPromise(commands.terminate(caller(i), s.result.id, "done")))
+})
+await Promise.all(terminations)
 report({ bench: "coordinator", metric: `spawn_p50_ms_at_${Math.round(rate)}_pairs_per_s`, value: percentile(latencies, 50), unit: "ms", ceiling: 20 })
 report({ bench: "coordinator", metric: `spawn_p99_ms_at_${Math.round(rate)}_pairs_per_s`, value: percentile(latencies, 99), unit: "ms", ceiling: 20 })
 await db.close()
