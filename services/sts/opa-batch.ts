@@ -2,10 +2,11 @@
 // on this path the request's cost (a write and a read on a socket, OPA's HTTP handling and
 // JSON parsing) is most of the decision's: measured on the development machine, OPA spent
 // 365 µs of CPU on a single decision, 135 µs per decision in batches of 8, 100 µs in batches
-// of 16; writing the requests was a fifth of the sts's main thread's busy time. So at most `maxInFlight` requests
-// are out at once; decisions arriving meanwhile wait and go in the next request, up to
-// `maxBatch` of them, through the marker module's batch rule (opa.ts `batchPath`). Alone, a
-// decision is the plain Data API call it always was: no added wait at low load.
+// of 16, and writing the requests was a fifth of the sts's main thread's busy time. So at
+// most `maxInFlight` requests are out at once; decisions arriving meanwhile wait and go in the
+// next request, up to `maxBatch` of them, through the marker module's batch rule (opa.ts
+// `batchPath`). Alone, a decision is the plain Data API call it always was: no added wait at
+// low load. A batch's members share its decision_id (OPA logs the batch as one decision).
 //
 // Each member keeps its own outcome: a batch OPA answers with anything but 200 (one zone's
 // evaluation error fails the whole request) is asked again member by member, and a batch
