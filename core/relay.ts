@@ -83,11 +83,11 @@ const CLAIM_SQL = `
 /**
  * The claim runs on the relay's own connection (the one that LISTENs) as a named prepared
  * statement with a generic plan: it is the same query every tick, and planning it cost more
- * than running it (EXPLAIN ANALYZE: 0.54 ms against 0.08 ms; under the e2e bench
- * pg_stat_statements put two thirds of the claim's time in planning). The plan does not depend on the values: the
- * producer's pending rows are walked in id order through the partial indexes either way.
- * Measured with the e2e bench at 30% of capacity, three runs each, alternating: commit →
- * XADD p50 4.8–6.0 ms against 5.8–6.4 ms planned every tick.
+ * than running it (EXPLAIN ANALYZE: 0.54 ms against 0.08 ms; under the e2e bench,
+ * pg_stat_statements put two thirds of the claim's time in planning). The plan does not
+ * depend on the values: the producer's pending rows are walked in id order through the
+ * partial indexes either way. Measured with the e2e bench at 30% of capacity, three runs
+ * each, alternating: commit → XADD p50 4.8–6.0 ms against 5.8–6.4 ms planned every tick.
  */
 const claim = (client: pg.Client, producer: string, limit: number) =>
   client.query<ClaimedRow>({ name: "caracal_relay_claim", text: CLAIM_SQL, values: [producer, limit] }).then((r) => r.rows)
