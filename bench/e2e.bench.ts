@@ -15,7 +15,7 @@ import { signingKey } from "../core/signing.ts"
 import { freshDatabase, spawnScript, stackEnv } from "../core/testing/index.ts"
 import { makeKeys } from "../core/redis/keys.ts"
 import { account, ledgerTable, registry, balanceRows } from "../test/fixtures/ledger.ts"
-import { percentile, report, throughput } from "./lib.ts"
+import { machineCpuDuring, percentile, report, throughput } from "./lib.ts"
 
 const db = await freshDatabase("bench_e2e")
 const kdb = db.database.db
@@ -162,8 +162,8 @@ const leanWrite = async () => {
   started.set(event, { at: t, committed: wallNow() })
   outboxSignal.committed("e2e")
 }
-const grouped = await latencyAt((i) => command(pool[i % pool.length]!, { _tag: "Deposit", amount: 1 }))
-const lean = await latencyAt(leanWrite)
+const { result: grouped, ...groupedCpu } = await machineCpuDuring(() => latencyAt((i) => command(pool[i % pool.length]!, { _tag: "Deposit", amount: 1 })))
+const { result: lean, ...leanCpu } = await machineCpuDuring(() => latencyAt(leanWrite))
 // latency figures are printed against their targets (10 ms, 50 ms) as the ceiling
 report({ bench: "e2e", metric: `p50_latency_at_${RATE}_per_s`, value: grouped.p50, unit: "ms", ceiling: 10 })
 report({ bench: "e2e", metric: `p99_latency_at_${RATE}_per_s`, value: grouped.p99, unit: "ms", ceiling: 50 })
@@ -171,6 +171,9 @@ report({ bench: "e2e", metric: `p99_latency_at_${RATE}_per_s`, value: grouped.p9
 for (const [part, p50] of grouped.parts) report({ bench: "e2e", metric: `p50_${part}_ms_of_p50_latency`, value: p50, unit: "ms", ceiling: grouped.p50 })
 report({ bench: "e2e", metric: `irreducible_p50_latency_at_${RATE}_per_s`, value: lean.p50, unit: "ms", ceiling: 10 })
 report({ bench: "e2e", metric: `irreducible_p99_latency_at_${RATE}_per_s`, value: lean.p99, unit: "ms", ceiling: 50 })
+report({ bench: "e2e", metric: "machine_cpu_busy_pct_at_30pct", value: groupedCpu.busyPct, unit: "%", ceiling: 100 })
+report({ bench: "e2e", metric: "machine_cpu_steal_pct_at_30pct", value: groupedCpu.stealPct, unit: "%", ceiling: 100 })
+report({ bench: "e2e", metric: "irreducible_machine_cpu_busy_pct_at_30pct", value: leanCpu.busyPct, unit: "%", ceiling: 100 })
 for (const [part, p50] of lean.parts) report({ bench: "e2e", metric: `irreducible_p50_${part}_ms`, value: p50, unit: "ms", ceiling: lean.p50 })
 
 // the projection equals the inline state

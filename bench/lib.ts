@@ -1,4 +1,6 @@
 // Shared by the benchmarks: the one output format, percentiles, and a bounded timer.
+import { readFileSync } from "node:fs"
+
 export interface Figure {
   readonly bench: string
   readonly metric: string
@@ -65,4 +67,25 @@ export const gcPauses = async (baseUrl: string): Promise<Record<string, number>>
 export const printGcBetween = (label: string, before: Record<string, number>, after: Record<string, number>) => {
   if (process.env.BENCH_GC !== "1") return
   console.log(label, Object.fromEntries(Object.keys(after).map((k) => [k, after[k]! - (before[k] ?? 0)])))
+}
+
+/** The machine's CPU time so far, all cores and processes (/proc/stat, in clock ticks). */
+const cpuTimes = () => {
+  // user nice system idle iowait irq softirq steal (guest time is counted in user already)
+  const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1, 9).map(Number)
+  return { busy: f[0]! + f[1]! + f[2]! + f[5]! + f[6]!, steal: f[7]!, all: f.reduce((a, b) => a + b, 0) }
+}
+
+/**
+ * Runs `run` and answers how busy the whole machine was meanwhile: every process (the service,
+ * OPA, Postgres, Redis, this one), as a share of all cores, and the share the hypervisor took
+ * (steal). A latency target at a load where the shared cores are mostly busy is a target for
+ * the machine's queueing as much as for the service.
+ */
+export const machineCpuDuring = async <A>(run: () => Promise<A>) => {
+  const a = cpuTimes()
+  const result = await run()
+  const b = cpuTimes()
+  const all = Math.max(1, b.all - a.all)
+  return { result, busyPct: ((b.busy - a.busy) / all) * 100, stealPct: ((b.steal - a.steal) / all) * 100 }
 }

@@ -13,7 +13,7 @@ import { stackEnv } from "../core/testing/index.ts"
 import { decisionPath, makeOpa } from "../services/sts/opa.ts"
 import { startApi } from "../test/fixtures/api.ts"
 import { until } from "../test/fixtures/harness.ts"
-import { gcPauses, openLoop, percentile, printGcBetween, report, throughput } from "./lib.ts"
+import { gcPauses, machineCpuDuring, openLoop, percentile, printGcBetween, report, throughput } from "./lib.ts"
 
 const N = Number(process.env.BENCH_N ?? 2000)
 const C = 16
@@ -130,15 +130,19 @@ report({ bench: "sts", metric: "per_call_exchanges_per_s_c16_vs_opa_sign_xadd", 
 const gc0 = await gcPauses(h.sts.url)
 const offered = rate / 2
 const seconds = Number(process.env.BENCH_SECONDS ?? 10)
-const latencies = await openLoop(offered, seconds, exchange)
+const { result: latencies, ...exchangeCpu } = await machineCpuDuring(() => openLoop(offered, seconds, exchange))
 const gc1 = await gcPauses(h.sts.url)
 printGcBetween("sts half-rate phase", gc0, gc1)
 // the irreducible work offered the same way at the same rate: how much of the tail the
 // machine (two cores shared by the sts, OPA, Redis and this process) gives any work here
-const irreducibleLatencies = await openLoop(offered, seconds, irreducible)
+const { result: irreducibleLatencies, ...irreducibleCpu } = await machineCpuDuring(() => openLoop(offered, seconds, irreducible))
 report({ bench: "sts", metric: `exchange_p99_ms_at_half_rate_${Math.round(offered)}_per_s`, value: percentile(latencies, 99), unit: "ms", ceiling: 20 })
 report({ bench: "sts", metric: "exchange_p50_ms_at_half_rate", value: percentile(latencies, 50), unit: "ms", ceiling: 20 })
 report({ bench: "sts", metric: "irreducible_p99_ms_at_half_rate", value: percentile(irreducibleLatencies, 99), unit: "ms", ceiling: 20 })
+// how busy the two cores were in each phase (all processes), and what the hypervisor took
+report({ bench: "sts", metric: "machine_cpu_busy_pct_at_half_rate", value: exchangeCpu.busyPct, unit: "%", ceiling: 100 })
+report({ bench: "sts", metric: "machine_cpu_steal_pct_at_half_rate", value: exchangeCpu.stealPct, unit: "%", ceiling: 100 })
+report({ bench: "sts", metric: "irreducible_machine_cpu_busy_pct_at_half_rate", value: irreducibleCpu.busyPct, unit: "%", ceiling: 100 })
 await redis.del(scratch)
 redis.disconnect()
 agent.destroy()
