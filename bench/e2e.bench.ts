@@ -166,7 +166,9 @@ report({ bench: "e2e", metric: `irreducible_p50_latency_at_${RATE}_per_s`, value
 report({ bench: "e2e", metric: `irreducible_p99_latency_at_${RATE}_per_s`, value: lean.p99, unit: "ms", ceiling: 50 })
 report({ bench: "e2e", metric: "machine_cpu_busy_pct_at_30pct", value: groupedCpu.busyPct, unit: "%", ceiling: 100 })
 report({ bench: "e2e", metric: "machine_cpu_steal_pct_at_30pct", value: groupedCpu.stealPct, unit: "%", ceiling: 100 })
+report({ bench: "e2e", metric: "machine_cpu_stalled_pct_at_30pct", value: groupedCpu.stalledPct, unit: "%", ceiling: 100 })
 report({ bench: "e2e", metric: "irreducible_machine_cpu_busy_pct_at_30pct", value: leanCpu.busyPct, unit: "%", ceiling: 100 })
+report({ bench: "e2e", metric: "irreducible_machine_cpu_stalled_pct_at_30pct", value: leanCpu.stalledPct, unit: "%", ceiling: 100 })
 for (const [part, p50] of lean.parts) report({ bench: "e2e", metric: `irreducible_p50_${part}_ms`, value: p50, unit: "ms", ceiling: lean.p50 })
 
 // the projection equals the inline state

@@ -1,4 +1,5 @@
-// Shared by the benchmarks: the one output format, percentiles, and a bounded timer.
+// Shared by the benchmarks: the one output format, percentiles, closed- and open-loop load,
+// and what the whole machine was doing meanwhile.
 import { readFileSync } from "node:fs"
 
 export interface Figure {
@@ -76,16 +77,30 @@ const cpuTimes = () => {
   return { busy: f[0]! + f[1]! + f[2]! + f[5]! + f[6]!, steal: f[7]!, all: f.reduce((a, b) => a + b, 0) }
 }
 
+/** Microseconds in which some runnable task waited for a core (PSI, /proc/pressure/cpu); 0 where the kernel has none. */
+const cpuStall = () => {
+  try {
+    return Number(/^some .*total=(\d+)/m.exec(readFileSync("/proc/pressure/cpu", "utf8"))?.[1] ?? 0)
+  } catch {
+    return 0
+  }
+}
+
 /**
  * Runs `run` and answers how busy the whole machine was meanwhile: every process (the service,
- * OPA, Postgres, Redis, this one), as a share of all cores, and the share the hypervisor took
- * (steal). A latency target at a load where the shared cores are mostly busy is a target for
- * the machine's queueing as much as for the service.
+ * OPA, Postgres, Redis, this one), as a share of all cores; the share the hypervisor reported
+ * taking (steal); and the share of the time in which some task waited for a core (CPU
+ * pressure: on a VM the host throttles, this rises while the cores look idle). A latency
+ * target at a load where the shared cores are mostly busy is a target for the machine's
+ * queueing as much as for the service.
  */
 export const machineCpuDuring = async <A>(run: () => Promise<A>) => {
   const a = cpuTimes()
+  const stall0 = cpuStall()
+  const t0 = performance.now()
   const result = await run()
   const b = cpuTimes()
+  const stalledPct = ((cpuStall() - stall0) / 1000 / (performance.now() - t0)) * 100
   const all = Math.max(1, b.all - a.all)
-  return { result, busyPct: ((b.busy - a.busy) / all) * 100, stealPct: ((b.steal - a.steal) / all) * 100 }
+  return { result, busyPct: ((b.busy - a.busy) / all) * 100, stealPct: ((b.steal - a.steal) / all) * 100, stalledPct }
 }

@@ -142,7 +142,9 @@ report({ bench: "sts", metric: "irreducible_p99_ms_at_half_rate", value: percent
 // how busy the two cores were in each phase (all processes), and what the hypervisor took
 report({ bench: "sts", metric: "machine_cpu_busy_pct_at_half_rate", value: exchangeCpu.busyPct, unit: "%", ceiling: 100 })
 report({ bench: "sts", metric: "machine_cpu_steal_pct_at_half_rate", value: exchangeCpu.stealPct, unit: "%", ceiling: 100 })
+report({ bench: "sts", metric: "machine_cpu_stalled_pct_at_half_rate", value: exchangeCpu.stalledPct, unit: "%", ceiling: 100 })
 report({ bench: "sts", metric: "irreducible_machine_cpu_busy_pct_at_half_rate", value: irreducibleCpu.busyPct, unit: "%", ceiling: 100 })
+report({ bench: "sts", metric: "irreducible_machine_cpu_stalled_pct_at_half_rate", value: irreducibleCpu.stalledPct, unit: "%", ceiling: 100 })
 await redis.del(scratch)
 redis.disconnect()
 agent.destroy()
