@@ -103,17 +103,19 @@ const sustainedOnce = async (write: () => Promise<unknown>) => {
   await waitApplied(base + N, 120_000)
   return (appliedCount - base) / ((performance.now() - t0) / 1000)
 }
-let batchNo = 0
-const batchOf64 = () => {
-  const rows = Array.from({ length: 64 }, () => ({ event: randomUUID(), id: `ceil-${batchNo}-${randomUUID()}` }))
-  batchNo++
-  return sql`with e as (
+/** Fresh accounts opened by one plain statement: each row's event, outbox row and inline row. */
+const writeOpened = (rows: ReadonlyArray<{ readonly event: string; readonly id: string }>) => sql`with e as (
     insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, data)
     values ${sql.join(rows.map((r) => sql`(${r.event}::uuid, 'z1', 'account', ${r.id}, 1, 'AccountOpened', 1, now(), '{"kind":"bench","id":"b"}'::jsonb, ${randomUUID()}, '{"owner":"e2e"}'::jsonb)`))}
     returning position, aggregate_id),
   o as (insert into outbox (producer, stream, event_position, aggregate_key) select 'e2e', ${stream}, position, 'account/' || aggregate_id from e)
   insert into balances (account_id, owner, balance, deposits, status) values ${sql.join(rows.map((r) => sql`(${r.id}, 'e2e', 0, 0, 'Open')`))}`
-    .execute(kdb).then(() => outboxSignal.committed("e2e")) // the relay is woken as after a command
+  .execute(kdb)
+let batchNo = 0
+const batchOf64 = () => {
+  const rows = Array.from({ length: 64 }, () => ({ event: randomUUID(), id: `ceil-${batchNo}-${randomUUID()}` }))
+  batchNo++
+  return writeOpened(rows).then(() => outboxSignal.committed("e2e")) // the relay is woken as after a command
 }
 const ours: Array<number> = []
 const ceilings: Array<number> = []
@@ -145,13 +147,7 @@ const latencyAt = async (write: (i: number) => Promise<void>) => {
 const leanWrite = async () => {
   const t = wallNow()
   const event = randomUUID()
-  const id = `lean-${event}`
-  await sql`with e as (
-    insert into events (id, zone_id, aggregate_type, aggregate_id, sequence, type, schema_version, occurred_at, actor, correlation_id, data)
-    values (${event}::uuid, 'z1', 'account', ${id}, 1, 'AccountOpened', 1, now(), '{"kind":"bench","id":"b"}'::jsonb, ${randomUUID()}, '{"owner":"e2e"}'::jsonb)
-    returning position, aggregate_id),
-  o as (insert into outbox (producer, stream, event_position, aggregate_key) select 'e2e', ${stream}, position, 'account/' || aggregate_id from e)
-  insert into balances (account_id, owner, balance, deposits, status) values (${id}, 'e2e', 0, 0, 'Open')`.execute(kdb)
+  await writeOpened([{ event, id: `lean-${event}` }])
   started.set(event, { at: t, committed: wallNow() })
   outboxSignal.committed("e2e")
 }
